@@ -1,0 +1,34 @@
+# The two commands of the README:  make book   (the published book)   make test   (what CI runs)
+# Both create .venv and install everything they need on a fresh machine.
+
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PROFILE ?= cpu
+FORCE   ?= 0
+
+.PHONY: install lint test book bench clean
+
+$(STAMP): pyproject.toml requirements-lock.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements-lock.txt -e ".[test,book]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check reidbook tests benchmarks
+
+test: lint
+	$(BIN)/pytest
+
+# Re-execute every chapter (papermill, profile $(PROFILE)) and build _build/html; FORCE=1 retrains cached runs.
+book: install
+	$(BIN)/python -m reidbook.book --profile $(PROFILE) $(if $(filter 1,$(FORCE)),--force,)
+
+bench: install
+	$(BIN)/python benchmarks/bench_evaluation.py
+
+clean:
+	rm -rf _build book/_executed
