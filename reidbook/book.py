@@ -98,10 +98,13 @@ def stage_sources(staging: Path, root: Path = REPO_ROOT) -> None:
 def build_html(staging: Path, output: Path) -> Path:
     """Build the HTML book from ``staging`` into ``output/_build/html`` (warnings are errors)."""
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
-    command = [str(jupyter_book), "build", str(staging), "--path-output", str(output), "-W", "-n", "--keep-going"]
+    command = [str(jupyter_book), "build", str(staging), "--path-output", str(output)]
+    command += ["-W", "-n", "--keep-going"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"jupyter-book build failed ({' '.join(command)}):\n{done.stdout[-6000:]}\n{done.stderr[-4000:]}")
+        raise RuntimeError(
+            f"jupyter-book build failed ({' '.join(command)}):\n{done.stdout[-6000:]}\n{done.stderr[-4000:]}"
+        )
     return output / "_build" / "html"
 
 
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu", help="smoke, cpu (default) or paper")
     parser.add_argument("--force", action="store_true", help="retrain runs found in the results store")
-    parser.add_argument("--only", nargs="*", help="execute only chapters whose file name contains these words")
+    parser.add_argument("--only", nargs="*", help="execute only the chapters whose file name contains these")
     args = parser.parse_args(argv)
     if args.force:
         os.environ["REIDBOOK_FORCE"] = "1"

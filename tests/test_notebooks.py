@@ -28,7 +28,8 @@ def test_every_notebook_is_in_the_toc():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_stored_without_outputs(path):
     nb = json.loads(path.read_text())
-    dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and (c["outputs"] or c["execution_count"])]
+    code = [(i, c) for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"]
+    dirty = [i for i, c in code if c["outputs"] or c["execution_count"]]
     assert not dirty, f"{path.name}: code cells {dirty} carry outputs; clear them before committing"
 
 
@@ -61,7 +62,8 @@ def smoke_book(tmp_path_factory):
                 outcome[chapter.stem] = time.perf_counter() - start
             except ChapterFailed as err:
                 outcome[chapter.stem] = str(err)
-    print("\nsmoke execution seconds:", {k: (round(v) if isinstance(v, float) else "FAILED") for k, v in outcome.items()})
+    seconds = {k: (round(v) if isinstance(v, float) else "FAILED") for k, v in outcome.items()}
+    print("\nsmoke execution seconds:", seconds)
     return staging, outcome
 
 

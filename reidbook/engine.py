@@ -1,0 +1,807 @@
+"""The training engine: one loop (:func:`fit`) every chapter reuses, plus feature extraction and evaluation.
+
+Contract (shared with the models/data engineer):
+
+- a train batch is a dict ``{"img": (B,3,H,W), "pid": (B,), "camid": (B,), "index": (B,), ...}``;
+- ``model(batch["img"])`` returns a dict of outputs in train mode and an embedding tensor (B, ...) in eval
+  mode (pass ``forward=`` to :func:`fit` when a method needs more of the batch);
+- ``criterion(outputs, batch)`` returns a dict of NAMED scalar loss terms; the loop minimises
+  ``sum(loss_weights.get(name, 1.0) * term)``.
+
+Reproducibility: at the start of every epoch the python, numpy and torch (CPU and CUDA) generators are
+reseeded from ``(seed, epoch)`` and ``sampler.set_epoch(epoch)`` is called on the train loader's sampler and
+batch sampler, so the data order and the augmentation of an epoch (drawn from torch's global generator when
+``num_workers=0``, or from worker seeds that the DataLoader derives from it) depend on the seed and the epoch
+only. With ``checkpoint_dir`` set, :func:`fit` writes an atomic checkpoint at the end of every epoch (and,
+optionally, every ``checkpoint_every_steps`` steps) and resumes from the newest loadable one: a resumed run
+ends with the same weights and history as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import random
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .results import atomic_torch_save, atomic_write_text
+
+Batch = dict[str, Any]
+Criterion = Callable[[Any, Batch], Mapping[str, torch.Tensor]]
+Forward = Callable[[nn.Module, Batch], Any]
+Evaluator = Callable[[nn.Module], Mapping[str, Any]]
+
+HOOK_EVENTS = ("on_train_start", "on_epoch_start", "on_step_start", "on_step_end", "on_epoch_end")
+RESERVED_COLUMNS = {"epoch", "step", "global_step", "steps", "total", "lr", "time", "eval_time"}
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; carries the term's name, the epoch and the step."""
+
+    def __init__(self, term: str, value: float, epoch: int, step: int, global_step: int):
+        super().__init__(
+            f"loss term {term!r} is {value} at epoch {epoch}, step {step} (global step {global_step}); "
+            "training stopped. Lower the learning rate, check the inputs, or clip gradients (grad_clip=...)."
+        )
+        self.term, self.value, self.epoch, self.step, self.global_step = term, value, epoch, step, global_step
+
+
+# ------------------------------------------------------------------------------------------------ seeding
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's (CPU and every CUDA device) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 63-bit seed derived from ``(seed, epoch)``."""
+    high, low = np.random.SeedSequence([seed, epoch]).generate_state(2)
+    return (int(high) << 32 | int(low)) & (2**63 - 1)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """Call ``set_epoch`` on the loader's sampler and batch sampler (each object once)."""
+    seen: list[Any] = []
+    for owner in (loader, getattr(loader, "batch_sampler", None)):
+        for name in ("sampler", "batch_sampler"):
+            candidate = getattr(owner, name, None)
+            if (
+                candidate is not None
+                and hasattr(candidate, "set_epoch")
+                and not any(candidate is s for s in seen)
+            ):
+                candidate.set_epoch(epoch)
+                seen.append(candidate)
+
+
+# ------------------------------------------------------------------------------------------ devices, AMP
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then Apple MPS, then the CPU; anything else is passed to ``torch.device``."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _resolve_flag(flag: bool | str, device: torch.device, name: str) -> bool:
+    """``"auto"`` means on for CUDA, off elsewhere."""
+    if flag == "auto":
+        return device.type == "cuda"
+    if isinstance(flag, bool):
+        return flag
+    raise ValueError(f"{name} must be True, False or 'auto', got {flag!r}")
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype:
+    """float16 (with loss scaling) on CUDA, bfloat16 elsewhere."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def _to_device(batch: Any, device: torch.device, channels_last: bool) -> Batch:
+    if not isinstance(batch, Mapping):
+        raise TypeError(f"a batch must be a dict like {{'img': ..., 'pid': ...}}, got {type(batch).__name__}")
+    moved = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if channels_last and value.dim() == 4:
+                value = value.contiguous(memory_format=torch.channels_last)
+        moved[key] = value
+    return moved
+
+
+def _forward_images(model: nn.Module, batch: Batch) -> Any:
+    return model(batch["img"])
+
+
+# ------------------------------------------------------------------------------ optimizer and LR schedule
+def build_param_groups(
+    model: nn.Module, lr: float, groups: Sequence[Mapping[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups with their own learning rates.
+
+    Each group is a dict with ``params`` and either ``lr`` (absolute) or ``lr_mult`` (times ``lr``; default
+    1); other keys (``weight_decay``, ``name``, ...) are kept. Trainable parameters that no group lists go
+    into a last group named ``"default"`` at ``lr``.
+
+    Raises:
+        ValueError: if a group has no ``params`` or a parameter appears in two groups.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if groups is None:
+        return [{"params": trainable, "lr": lr, "name": "default"}]
+    seen: set[int] = set()
+    built = []
+    for index, group in enumerate(groups):
+        if "params" not in group:
+            raise ValueError(f"param_groups[{index}] has no 'params' entry; got keys {sorted(group)}")
+        params = [p for p in group["params"] if p.requires_grad]
+        if any(id(p) in seen for p in params):
+            raise ValueError(f"param_groups[{index}] repeats a parameter already listed in an earlier group")
+        seen.update(id(p) for p in params)
+        extra = {k: v for k, v in group.items() if k not in {"params", "lr", "lr_mult"}}
+        built.append(
+            {
+                "name": f"group{index}",
+                **extra,
+                "params": params,
+                "lr": group["lr"] if "lr" in group else lr * group.get("lr_mult", 1.0),
+            }
+        )
+    rest = [p for p in trainable if id(p) not in seen]
+    if rest:
+        built.append({"params": rest, "lr": lr, "name": "default"})
+    return built
+
+
+def build_optimizer(
+    model: nn.Module,
+    optimizer: str | torch.optim.Optimizer = "adam",
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    param_groups: Sequence[Mapping[str, Any]] | None = None,
+) -> torch.optim.Optimizer:
+    """An Adam, AdamW or SGD (with momentum) optimizer by name; a ready optimizer is returned as is."""
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer
+    groups = build_param_groups(model, lr, param_groups)
+    name = optimizer.lower()
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    raise ValueError(
+        f"unknown optimizer {optimizer!r}; use 'adam', 'adamw', 'sgd' or a torch.optim.Optimizer"
+    )
+
+
+def warmup_multistep_factor(
+    epoch: float,
+    *,
+    warmup_epochs: float,
+    milestones: Sequence[float],
+    gamma: float,
+    warmup_factor: float = 0.1,
+) -> float:
+    """The LR multiplier at (possibly fractional) ``epoch``: a linear warm-up from ``warmup_factor`` to 1 over
+    ``warmup_epochs``, times ``gamma`` for every milestone already reached (Luo et al.'s strong baseline:
+    3.5e-5 -> 3.5e-4 over 10 epochs, x0.1 at epochs 40 and 70)."""
+    decay = gamma ** bisect.bisect_right(sorted(milestones), epoch)
+    if epoch < warmup_epochs:
+        return (warmup_factor + (1.0 - warmup_factor) * epoch / warmup_epochs) * decay
+    return decay
+
+
+def _lr_columns(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """``lr`` of the first group, plus ``lr_<name>`` for every group when there are several."""
+    groups = optimizer.param_groups
+    columns = {"lr": groups[0]["lr"]}
+    if len(groups) > 1:
+        columns.update({f"lr_{g.get('name', f'group{i}')}": g["lr"] for i, g in enumerate(groups)})
+    return columns
+
+
+# --------------------------------------------------------------------------------------------- history
+@dataclass
+class History:
+    """Every loss term per step and per epoch. ``steps`` / ``epochs`` are pandas DataFrames.
+
+    Step columns: epoch, step (within the epoch), global_step, each term (unweighted), ``<term>_weight``,
+    total (weighted sum), lr (and ``lr_<group>`` when there are several groups), time (seconds, data loading
+    included). Epoch columns: epoch, steps, the mean of each term and of total, the weights and lr of the last
+    step, time (sum of step times) and, on evaluated epochs, eval_time and the evaluator's scalar metrics.
+    """
+
+    step_rows: list[dict[str, Any]] = field(default_factory=list)
+    epoch_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def steps(self) -> pd.DataFrame:
+        return pd.DataFrame(self.step_rows)
+
+    @property
+    def epochs(self) -> pd.DataFrame:
+        return pd.DataFrame(self.epoch_rows)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step_rows": [dict(r) for r in self.step_rows],
+            "epoch_rows": [dict(r) for r in self.epoch_rows],
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> History:
+        return cls([dict(r) for r in state["step_rows"]], [dict(r) for r in state["epoch_rows"]])
+
+    @classmethod
+    def from_frames(cls, steps: pd.DataFrame, epochs: pd.DataFrame) -> History:
+        """Rebuild from the two DataFrames (e.g. read back from CSV)."""
+        return cls(steps.to_dict("records"), epochs.to_dict("records"))
+
+
+# ------------------------------------------------------------------------------------------ train state
+@dataclass
+class TrainState:
+    """What hooks see and may change: ``loss_weights`` (mutable dict) and ``train_loader`` (read at the start
+    of every epoch, so a hook's ``on_epoch_start`` may swap it) steer the training."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    train_loader: Iterable[Batch]
+    device: torch.device
+    epochs: int
+    loss_weights: dict[str, float]
+    history: History
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    batch: Batch | None = None
+    outputs: Any = None
+    losses: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _call_hooks(hooks: Sequence[Any], event: str, state: TrainState) -> None:
+    for hook in hooks:
+        method = getattr(hook, event, None)
+        if method is not None:
+            method(state)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+class CheckpointDir:
+    """Numbered checkpoints ``checkpoint-<global step>.pt`` in one folder, written atomically; the ``keep``
+    newest are kept. Temporary files (``.*.tmp``) are never read. ``COMPLETE`` marks a finished run."""
+
+    _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
+
+    def __init__(self, directory: str | Path, keep: int = 2):
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def paths(self) -> list[Path]:
+        """Checkpoint files, newest first."""
+        if not self.directory.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.directory.iterdir() if (m := self._NAME.match(p.name))]
+        return [p for _, p in sorted(found, reverse=True)]
+
+    def save(self, payload: Mapping[str, Any]) -> Path:
+        path = atomic_torch_save(
+            dict(payload), self.directory / f"checkpoint-{payload['global_step']:09d}.pt"
+        )
+        for old in self.paths()[self.keep :]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load_latest(self) -> dict[str, Any] | None:
+        """The newest checkpoint that loads; unreadable files are skipped with a warning."""
+        for path in self.paths():
+            try:
+                # Our own files: they hold RNG states and history, which need full unpickling.
+                return torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as error:  # noqa: BLE001 - any unreadable file is skipped the same way
+                warnings.warn(f"skipping unreadable checkpoint {path}: {error}", stacklevel=2)
+        return None
+
+    @property
+    def complete(self) -> bool:
+        return (self.directory / "COMPLETE").is_file()
+
+    def mark_complete(self) -> None:
+        atomic_write_text(self.directory / "COMPLETE", "training finished\n")
+
+    def mark_incomplete(self) -> None:
+        """Remove the marker: a finished run is being trained for more epochs."""
+        (self.directory / "COMPLETE").unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------- fit
+@dataclass
+class _LoopConfig:
+    epochs: int
+    seed: int
+    eval_every: int
+    lr_schedule: str
+    steps_per_epoch: int | None
+    max_steps_per_epoch: int | None
+    checkpoint_every_steps: int
+    grad_clip: float | None
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    progress: bool
+
+
+class _TrainingLoop:
+    """The body of :func:`fit`, split into one method per phase."""
+
+    def __init__(
+        self,
+        state: TrainState,
+        criterion: Criterion,
+        forward: Forward,
+        hooks: Sequence[Any],
+        evaluator: Evaluator | None,
+        checkpoints: CheckpointDir | None,
+        config: _LoopConfig,
+    ):
+        self.state, self.criterion, self.forward, self.hooks = state, criterion, forward, list(hooks)
+        self.evaluator, self.checkpoints, self.config = evaluator, checkpoints, config
+        self.resume_rng: dict[str, Any] | None = None
+
+    # -- checkpoints
+    def payload(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": s.epoch,
+            "step": s.step,
+            "global_step": s.global_step,
+            "model": s.model.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(),
+            "scaler": s.scaler.state_dict(),
+            "loss_weights": dict(s.loss_weights),
+            "history": s.history.state_dict(),
+            "rng": _rng_state(),
+            "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in self.hooks],
+        }
+
+    def restore(self, checkpoint: Mapping[str, Any]) -> None:
+        s = self.state
+        if checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {checkpoint.get('format')!r} is not {CHECKPOINT_FORMAT}")
+        if checkpoint["epoch"] > self.config.epochs:
+            raise ValueError(
+                f"the checkpoint in {self.checkpoints.directory} has trained {checkpoint['epoch']} "
+                f"epochs, more than the requested epochs={self.config.epochs}"
+            )
+        s.model.load_state_dict(checkpoint["model"])
+        s.optimizer.load_state_dict(checkpoint["optimizer"])
+        s.scheduler.load_state_dict(checkpoint["scheduler"])
+        s.scaler.load_state_dict(checkpoint["scaler"])
+        s.loss_weights.clear()
+        s.loss_weights.update(checkpoint["loss_weights"])
+        s.history = History.from_state_dict(checkpoint["history"])
+        s.epoch, s.step, s.global_step = checkpoint["epoch"], checkpoint["step"], checkpoint["global_step"]
+        for hook, hook_state in zip(self.hooks, checkpoint["hooks"]):
+            if hook_state is not None:
+                hook.load_state_dict(hook_state)
+        self.resume_rng = checkpoint["rng"] if checkpoint["step"] > 0 else None
+
+    # -- the loop
+    def run(self) -> History:
+        s, cfg = self.state, self.config
+        if self.checkpoints is not None and (checkpoint := self.checkpoints.load_latest()) is not None:
+            self.restore(checkpoint)
+        if self.checkpoints is not None and s.epoch < cfg.epochs:
+            self.checkpoints.mark_incomplete()
+        total = cfg.epochs * cfg.steps_per_epoch if cfg.steps_per_epoch is not None else None
+        with tqdm(
+            total=total, initial=s.global_step, disable=not cfg.progress, desc="train", dynamic_ncols=True
+        ) as bar:
+            if s.epoch < cfg.epochs:
+                _call_hooks(self.hooks, "on_train_start", s)
+            while s.epoch < cfg.epochs:
+                self.run_epoch(bar)
+        if self.checkpoints is not None:
+            self.checkpoints.mark_complete()
+        return s.history
+
+    def run_epoch(self, bar: Any) -> None:
+        s, cfg = self.state, self.config
+        resume_step = s.step
+        seed_everything(epoch_seed(cfg.seed, s.epoch))
+        if resume_step == 0:
+            _call_hooks(self.hooks, "on_epoch_start", s)
+        _set_sampler_epoch(s.train_loader, s.epoch)
+        s.model.train()
+        batches = iter(s.train_loader)
+        if resume_step > 0:  # mid-epoch resume: replay the data order, then restore the saved generators
+            for _ in itertools.islice(batches, resume_step):
+                pass
+            _set_rng_state(self.resume_rng)
+        remaining = None if cfg.max_steps_per_epoch is None else max(cfg.max_steps_per_epoch - resume_step, 0)
+        tick = time.perf_counter()
+        for batch in itertools.islice(batches, remaining):
+            self.train_step(batch, tick)
+            bar.update(1)
+            bar.set_postfix(self.postfix(), refresh=False)
+            if (
+                self.checkpoints is not None
+                and cfg.checkpoint_every_steps
+                and s.global_step % cfg.checkpoint_every_steps == 0
+            ):
+                self.checkpoints.save(self.payload())
+            tick = time.perf_counter()
+        if s.step == 0:
+            raise ValueError(f"the train loader yielded no batch in epoch {s.epoch}")
+        self.end_epoch(bar)
+
+    def train_step(self, batch: Any, tick: float) -> None:
+        s, cfg = self.state, self.config
+        s.batch = _to_device(batch, s.device, cfg.channels_last)
+        _call_hooks(self.hooks, "on_step_start", s)
+        lrs = _lr_columns(s.optimizer)
+        autocast = torch.autocast(s.device.type, dtype=cfg.amp_dtype) if cfg.amp_dtype else nullcontext()
+        with autocast:
+            s.outputs = self.forward(s.model, s.batch)
+            terms = dict(self.criterion(s.outputs, s.batch))
+        values = self.check_terms(terms)
+        weights = {name: float(s.loss_weights.get(name, 1.0)) for name in terms}
+        total = sum(weights[name] * term.float() for name, term in terms.items())
+        s.optimizer.zero_grad(set_to_none=True)
+        s.scaler.scale(total).backward()
+        if cfg.grad_clip is not None:
+            s.scaler.unscale_(s.optimizer)
+            nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip)
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        if cfg.lr_schedule == "step":
+            s.scheduler.step()
+        s.losses = values
+        s.history.step_rows.append(
+            {
+                "epoch": s.epoch,
+                "step": s.step,
+                "global_step": s.global_step,
+                **values,
+                **{f"{name}_weight": w for name, w in weights.items()},
+                "total": sum(weights[name] * v for name, v in values.items()),
+                **lrs,
+                "time": time.perf_counter() - tick,
+            }
+        )
+        s.step += 1
+        s.global_step += 1
+        _call_hooks(self.hooks, "on_step_end", s)
+
+    def check_terms(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Scalar values of the loss terms (one device sync); raises on a NaN/inf term or a bad name."""
+        s = self.state
+        if not terms:
+            raise ValueError("the criterion returned no loss term; it must return a dict of named scalars")
+        for name, term in terms.items():
+            if (
+                name in RESERVED_COLUMNS
+                or name.endswith("_weight")
+                or not isinstance(term, torch.Tensor)
+                or term.dim() != 0
+            ):
+                raise ValueError(
+                    f"loss term {name!r} must be a scalar tensor whose name is not one of "
+                    f"{sorted(RESERVED_COLUMNS)} and does not end in '_weight'"
+                )
+        stacked = torch.stack([term.detach().float() for term in terms.values()]).cpu()
+        values = dict(zip(terms, stacked.tolist()))
+        for name, value in values.items():
+            if not math.isfinite(value):
+                raise NonFiniteLossError(name, value, s.epoch, s.step, s.global_step)
+        return values
+
+    def end_epoch(self, bar: Any) -> None:
+        s, cfg = self.state, self.config
+        rows = pd.DataFrame([r for r in s.history.step_rows if r["epoch"] == s.epoch])
+        last = rows.iloc[-1]
+        terms = [c for c in rows.columns if f"{c}_weight" in rows.columns]
+        row = {
+            "epoch": s.epoch,
+            "steps": len(rows),
+            **{t: rows[t].mean() for t in terms},
+            **{f"{t}_weight": last[f"{t}_weight"] for t in terms},
+            "total": rows["total"].mean(),
+            **{c: last[c] for c in rows.columns if c == "lr" or c.startswith("lr_")},
+            "time": rows["time"].sum(),
+        }
+        if (
+            self.evaluator is not None
+            and cfg.eval_every > 0
+            and ((s.epoch + 1) % cfg.eval_every == 0 or s.epoch + 1 == cfg.epochs)
+        ):
+            row.update(self.evaluate(bar))
+        s.history.epoch_rows.append(row)
+        if cfg.lr_schedule == "epoch":
+            s.scheduler.step()
+        _call_hooks(self.hooks, "on_epoch_end", s)
+        s.epoch += 1
+        s.step = 0
+        if self.checkpoints is not None:
+            self.checkpoints.save(self.payload())
+
+    def evaluate(self, bar: Any) -> dict[str, Any]:
+        s = self.state
+        start = time.perf_counter()
+        s.model.eval()
+        metrics = dict(self.evaluator(s.model))
+        s.model.train()
+        s.metrics = metrics
+        scalars = {k: float(v) for k, v in metrics.items() if _is_scalar(v)}
+        bar.write(
+            f"epoch {s.epoch + 1}/{self.config.epochs}: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in scalars.items())
+        )
+        return {"eval_time": time.perf_counter() - start, **scalars}
+
+    def postfix(self) -> dict[str, str]:
+        s = self.state
+        return {
+            "epoch": f"{s.epoch + 1}/{self.config.epochs}",
+            **{name: f"{value:.3f}" for name, value in s.losses.items()},
+            "lr": f"{s.optimizer.param_groups[0]['lr']:.2e}",
+        }
+
+
+def _is_scalar(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    if isinstance(value, np.ndarray):
+        return value.size == 1
+    return isinstance(value, (bool, int, float, np.number))
+
+
+def _steps_per_epoch(loader: Any, max_steps: int | None) -> int | None:
+    try:
+        length = len(loader)
+    except TypeError:
+        return max_steps
+    return length if max_steps is None else min(length, max_steps)
+
+
+def fit(
+    model: nn.Module,
+    criterion: Criterion,
+    train_loader: Iterable[Batch],
+    *,
+    epochs: int,
+    optimizer: str | torch.optim.Optimizer = "adam",
+    lr: float = 3.5e-4,
+    weight_decay: float = 5e-4,
+    momentum: float = 0.9,
+    param_groups: Sequence[Mapping[str, Any]] | None = None,
+    warmup_epochs: float = 0,
+    warmup_factor: float = 0.1,
+    milestones: Sequence[float] = (),
+    gamma: float = 0.1,
+    lr_schedule: str = "epoch",
+    loss_weights: Mapping[str, float] | None = None,
+    hooks: Sequence[Any] = (),
+    eval_every: int = 0,
+    evaluator: Evaluator | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every_steps: int = 0,
+    max_steps_per_epoch: int | None = None,
+    grad_clip: float | None = None,
+    forward: Forward | None = None,
+    device: str | torch.device = "auto",
+    amp: bool | str = "auto",
+    channels_last: bool | str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+) -> History:
+    """Train ``model`` in place and return its :class:`History`.
+
+    Args:
+        criterion: ``criterion(outputs, batch) -> {name: scalar}``; the loss is the ``loss_weights``-weighted
+            sum (missing names weigh 1).
+        optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` (with ``momentum``) or a ready optimizer (then ``lr``,
+            ``weight_decay`` and ``param_groups`` are ignored and its groups' lr are the base rates).
+        param_groups: dicts with ``params`` and ``lr_mult`` or ``lr`` (see :func:`build_param_groups`).
+        warmup_epochs, warmup_factor, milestones, gamma: the LR multiplier of :func:`warmup_multistep_factor`,
+            applied per epoch (``lr_schedule="epoch"``) or per step with fractional epochs (``"step"``).
+        hooks: objects with any of ``on_train_start``, ``on_epoch_start``, ``on_step_start``, ``on_step_end``,
+            ``on_epoch_end`` (each receives the :class:`TrainState`), and optionally ``state_dict`` /
+            ``load_state_dict`` (saved in checkpoints). ``on_train_start`` runs on every call, also after a
+            resume (with ``state.epoch`` at the resume point): re-apply there anything not kept in a
+            state_dict, e.g. a swapped train loader. After a mid-epoch resume ``on_epoch_start`` is not run
+            again for that epoch.
+        eval_every, evaluator: call ``evaluator(model)`` (model in eval mode) every ``eval_every`` epochs and
+            after the last one; scalar metrics join ``History.epochs``.
+        checkpoint_dir: write checkpoints there each epoch (and every ``checkpoint_every_steps`` steps) and
+            resume from the newest loadable one; a run that already finished returns at once with the final
+            weights loaded. A mid-epoch resume replays the epoch's data order up to the saved step.
+        max_steps_per_epoch: cap the steps of each epoch (``None``: the whole loader).
+        forward: ``forward(model, batch) -> outputs``; default ``model(batch["img"])``.
+        device, amp, channels_last: ``"auto"`` = CUDA if present (then AMP float16 with loss scaling and
+            channels_last on), else MPS, else CPU (AMP off; ``amp=True`` off CUDA means bfloat16 autocast).
+        seed: seeds the run; each epoch reseeds all generators from ``(seed, epoch)``.
+
+    Raises:
+        NonFiniteLossError: when a loss term is NaN or infinite.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if lr_schedule not in ("epoch", "step"):
+        raise ValueError(f"lr_schedule must be 'epoch' or 'step', got {lr_schedule!r}")
+    if warmup_epochs < 0 or not 0 < warmup_factor <= 1:
+        raise ValueError(
+            f"need warmup_epochs >= 0 and 0 < warmup_factor <= 1, got {warmup_epochs}, {warmup_factor}"
+        )
+    seed_everything(seed)
+    torch_device = resolve_device(device)
+    use_channels_last = _resolve_flag(channels_last, torch_device, "channels_last")
+    use_amp = _resolve_flag(amp, torch_device, "amp")
+    model.to(torch_device)
+    if use_channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(
+        model, optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum, param_groups=param_groups
+    )
+    steps_per_epoch = _steps_per_epoch(train_loader, max_steps_per_epoch)
+    if lr_schedule == "step" and steps_per_epoch is None:
+        raise ValueError("lr_schedule='step' needs a train loader with a length or max_steps_per_epoch")
+    per_unit = 1 if lr_schedule == "epoch" else steps_per_epoch
+
+    def lr_factor(count: int) -> float:
+        return warmup_multistep_factor(
+            count / per_unit,
+            warmup_epochs=warmup_epochs,
+            milestones=milestones,
+            gamma=gamma,
+            warmup_factor=warmup_factor,
+        )
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    amp_dtype = _amp_dtype(torch_device) if use_amp else None
+    scaler = torch.amp.GradScaler(torch_device.type, enabled=amp_dtype == torch.float16)
+    state = TrainState(
+        model=model,
+        optimizer=opt,
+        scheduler=scheduler,
+        scaler=scaler,
+        train_loader=train_loader,
+        device=torch_device,
+        epochs=epochs,
+        loss_weights=dict(loss_weights or {}),
+        history=History(),
+    )
+    config = _LoopConfig(
+        epochs=epochs,
+        seed=seed,
+        eval_every=eval_every,
+        lr_schedule=lr_schedule,
+        steps_per_epoch=steps_per_epoch,
+        max_steps_per_epoch=max_steps_per_epoch,
+        checkpoint_every_steps=checkpoint_every_steps,
+        grad_clip=grad_clip,
+        amp_dtype=amp_dtype,
+        channels_last=use_channels_last,
+        progress=progress,
+    )
+    checkpoints = CheckpointDir(checkpoint_dir) if checkpoint_dir is not None else None
+    loop = _TrainingLoop(state, criterion, forward or _forward_images, hooks, evaluator, checkpoints, config)
+    return loop.run()
+
+
+# ------------------------------------------------------------------------------- features and evaluation
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    *,
+    device: str | torch.device = "auto",
+    flip: bool = False,
+    progress: bool = True,
+    channels_last: bool | str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Embed every image of ``loader`` in eval mode: ``(features (N, ...) float32 on CPU, pids (N,),
+    camids (N,))``. ``flip=True`` averages each embedding with that of the mirrored image
+    (:func:`reidbook.evaluation.distance.flip_average`). The model's train/eval mode is restored
+    afterwards."""
+    from .evaluation.distance import flip_average
+
+    torch_device = resolve_device(device)
+    use_channels_last = _resolve_flag(channels_last, torch_device, "channels_last")
+    was_training = model.training
+    model.to(torch_device).eval()
+    features, pids, camids = [], [], []
+    try:
+        for batch in tqdm(loader, desc="features", disable=not progress, leave=False, dynamic_ncols=True):
+            batch = _to_device(batch, torch_device, use_channels_last)
+            embedding = flip_average(model, batch["img"]) if flip else model(batch["img"])  # (B, D)
+            features.append(embedding.float().cpu())
+            pids.append(batch["pid"].cpu())
+            camids.append(batch["camid"].cpu())
+    finally:
+        model.train(was_training)
+    if not features:
+        raise ValueError("the loader yielded no batch: nothing to extract features from")
+    return torch.cat(features), torch.cat(pids), torch.cat(camids)
+
+
+def evaluate_model(
+    model: nn.Module,
+    query_loader: Iterable[Batch],
+    gallery_loader: Iterable[Batch],
+    *,
+    metric: str = "euclidean",
+    flip: bool = True,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    ranks: Sequence[int] = (1, 5, 10),
+    **rank_kwargs: Any,
+) -> dict[str, Any]:
+    """Extract query and gallery features, compute (Q, G) distances (squared euclidean or 1 - cosine) and
+    rank them with :func:`reidbook.evaluation.ranking.evaluate_rank`.
+
+    Returns the evaluation's dict (``cmc`` array, ``mAP``, ``mINP``, ...) plus ``rank<k>`` scalars for
+    ``ranks``; ``rank_kwargs`` (e.g. ``max_rank``) are passed to ``evaluate_rank``.
+    """
+    from .evaluation.distance import cosine_distance, euclidean_distance
+    from .evaluation.ranking import evaluate_rank
+
+    distances = {"euclidean": euclidean_distance, "cosine": cosine_distance}
+    if metric not in distances:
+        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    q_feats, q_pids, q_camids = extract_features(
+        model, query_loader, device=device, flip=flip, progress=progress
+    )
+    g_feats, g_pids, g_camids = extract_features(
+        model, gallery_loader, device=device, flip=flip, progress=progress
+    )
+    distmat = distances[metric](q_feats.flatten(1), g_feats.flatten(1))  # (Q, G)
+    metrics = dict(evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, **rank_kwargs))
+    cmc = np.asarray(metrics["cmc"])
+    metrics.update({f"rank{k}": float(cmc[k - 1]) for k in ranks if k <= len(cmc)})
+    return metrics

@@ -1,0 +1,197 @@
+"""Run profiles: how big a world, model and training budget a notebook uses.
+
+A profile is plain data (a frozen dataclass) so that a notebook can print it, override a few fields and hand
+it to the results store, which hashes its JSON form. Three profiles ship with the book:
+
+- ``smoke``: every notebook runs in about 90 s on 2 CPU cores (tiny world, few steps); used by ``make test``.
+- ``cpu``: the default of ``make book``; the published book on the built-in world on a 2-core CPU.
+- ``paper``: the strong-baseline settings of Luo et al. (ResNet-50, 256x128, ImageNet weights, 120 epochs,
+  Adam 3.5e-4 with a 10-epoch linear warm-up and x0.1 decays at epochs 40 and 70, P=16 identities x K=4
+  images per batch), meant for a real dataset on a GPU. Method chapters override what their paper changes.
+
+Example::
+
+    profile = get_profile("cpu", epochs=4, world={"num_train_ids": 60})
+    profile.batch_size  # P * K
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PROFILE_ENV_VAR = "REIDBOOK_PROFILE"
+DEFAULT_PROFILE = "cpu"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every knob a chapter reads to build its world, model and training run.
+
+    ``milestones`` and ``warmup_epochs`` are in epochs; ``batch_p`` identities x ``batch_k`` images form a
+    batch; ``world`` holds the knobs passed to ``reidbook.data.synthetic.generate_world``; ``seeds`` lists the
+    seeds of a multi-seed comparison (the first one is used for single runs); ``max_steps_per_epoch`` caps an
+    epoch (``None`` = the whole sampler).
+    """
+
+    name: str
+    backbone: str = "resnet18"
+    pretrained: bool = False
+    last_stride: int = 1
+    height: int = 128
+    width: int = 64
+    epochs: int = 6
+    batch_p: int = 8
+    batch_k: int = 4
+    optimizer: str = "adam"
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    milestones: tuple[int, ...] = (4,)
+    gamma: float = 0.1
+    max_steps_per_epoch: int | None = None
+    eval_every: int = 0
+    world: dict[str, Any] = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)
+    num_workers: int = 0
+    device: str = "auto"
+
+    @property
+    def batch_size(self) -> int:
+        """Images per batch: P identities x K instances."""
+        return self.batch_p * self.batch_k
+
+    @property
+    def seed(self) -> int:
+        """The seed of a single run: the first of ``seeds``."""
+        return self.seeds[0]
+
+    def replace(self, **overrides: Any) -> Profile:
+        """A copy with some fields changed; ``world`` is merged key by key and always copied.
+
+        Raises:
+            ValueError: if an override names no field of :class:`Profile`.
+        """
+        _check_field_names(overrides)
+        world = {**self.world, **overrides.pop("world", {})}
+        changes = {
+            name: _normalise_value(name, value) for name, value in {**overrides, "world": world}.items()
+        }
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        return json.loads(self.to_json())
+
+    def to_json(self) -> str:
+        """Canonical JSON text: sorted keys, so equal profiles give equal text."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Profile:
+        """Inverse of :meth:`to_dict` (lists become tuples again)."""
+        _check_field_names(data)
+        return cls(**{name: _normalise_value(name, value) for name, value in data.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> Profile:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
+
+
+_TUPLE_FIELDS = ("milestones", "seeds")
+
+
+def _normalise_value(name: str, value: Any) -> Any:
+    if name in _TUPLE_FIELDS:
+        return tuple(value)
+    if name == "world":
+        return copy.deepcopy(dict(value))
+    return value
+
+
+def _check_field_names(names: Mapping[str, Any]) -> None:
+    valid = [f.name for f in dataclasses.fields(Profile)]
+    unknown = sorted(set(names) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown profile field(s) {unknown}; valid fields are: {', '.join(valid)}")
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        backbone="resnet18",
+        height=64,
+        width=32,
+        epochs=2,
+        batch_p=4,
+        batch_k=2,
+        warmup_epochs=0,
+        milestones=(),
+        max_steps_per_epoch=4,
+        world={"world_size": "small"},
+        seeds=(0,),
+    ),
+    "cpu": Profile(
+        name="cpu",
+        backbone="resnet18",
+        height=128,
+        width=64,
+        epochs=8,
+        batch_p=8,
+        batch_k=4,
+        warmup_epochs=1,
+        milestones=(6,),
+        eval_every=4,
+        world={},
+        seeds=(0, 1),
+    ),
+    "paper": Profile(
+        name="paper",
+        backbone="resnet50",
+        pretrained=True,
+        last_stride=1,
+        height=256,
+        width=128,
+        epochs=120,
+        batch_p=16,
+        batch_k=4,
+        optimizer="adam",
+        lr=3.5e-4,
+        weight_decay=5e-4,
+        warmup_epochs=10,
+        milestones=(40, 70),
+        gamma=0.1,
+        eval_every=10,
+        seeds=(0,),
+        num_workers=8,
+        device="auto",
+    ),
+}
+
+
+def available_profiles() -> list[str]:
+    """Names accepted by :func:`get_profile`."""
+    return sorted(PROFILES)
+
+
+def default_profile_name() -> str:
+    """The profile named by the ``REIDBOOK_PROFILE`` environment variable, else ``"cpu"``."""
+    return os.environ.get(PROFILE_ENV_VAR, DEFAULT_PROFILE)
+
+
+def get_profile(name: str | None = None, **overrides: Any) -> Profile:
+    """The named profile (default: :func:`default_profile_name`) with ``overrides`` applied.
+
+    Raises:
+        ValueError: for an unknown profile name or an unknown field name.
+    """
+    name = default_profile_name() if name is None else name
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; available profiles: {', '.join(available_profiles())}")
+    return PROFILES[name].replace(**overrides)
