@@ -119,11 +119,18 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"config value {value!r} of type {type(value).__name__} cannot be stored as JSON")
 
 
+# Modules that draw or publish results but cannot change a training run's numbers.
+PRESENTATION_MODULES = frozenset({"viz.py", "book.py"})
+
+
 def code_fingerprint(package_dir: str | os.PathLike = PACKAGE_DIR) -> str:
-    """SHA-256 of every ``*.py`` file under ``package_dir`` (relative path and bytes, in sorted order)."""
+    """SHA-256 of every ``*.py`` file under ``package_dir`` (relative path and bytes, in sorted order),
+    except the top-level presentation modules (:data:`PRESENTATION_MODULES`)."""
     package_dir = Path(package_dir)
     digest = hashlib.sha256()
     for file in sorted(package_dir.rglob("*.py")):
+        if file.parent == package_dir and file.name in PRESENTATION_MODULES:
+            continue
         digest.update(file.relative_to(package_dir).as_posix().encode())
         digest.update(b"\0")
         digest.update(file.read_bytes())

@@ -55,6 +55,17 @@ def test_code_fingerprint_hashes_python_sources_only(tmp_path):
     assert len(code_fingerprint()) == 64  # the real package
 
 
+def test_code_fingerprint_ignores_presentation_modules_only(tmp_path):
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "viz.py").write_text("a = 1\n")
+    (tmp_path / "pkg" / "sub" / "viz.py").write_text("b = 1\n")
+    first = code_fingerprint(tmp_path / "pkg")
+    (tmp_path / "pkg" / "viz.py").write_text("a = 2\n")
+    assert code_fingerprint(tmp_path / "pkg") == first
+    (tmp_path / "pkg" / "sub" / "viz.py").write_text("b = 2\n")
+    assert code_fingerprint(tmp_path / "pkg") != first
+
+
 def test_canonical_json_accepts_profiles_and_rejects_non_json_values():
     profile = get_profile("smoke")
     assert canonical_json(profile) == canonical_json(profile.to_dict())
