@@ -28,7 +28,12 @@ Criterion = Callable[[dict, dict], dict]
 
 
 def open_dataset(
-    dataset: str, data_root: str | Path, *, world: Mapping[str, Any] | None = None, world_seed: int = 0, **reader_kwargs
+    dataset: str,
+    data_root: str | Path,
+    *,
+    world: Mapping[str, Any] | None = None,
+    world_seed: int = 0,
+    **reader_kwargs: Any,
 ) -> ReIDDataset:
     """Open ``dataset`` under ``data_root``.
 
@@ -121,8 +126,9 @@ def train_reid_model(
         history = fit(
             model, build_criterion(num_classes), loader, epochs=profile.epochs, optimizer=profile.optimizer,
             lr=profile.lr, weight_decay=profile.weight_decay, warmup_epochs=profile.warmup_epochs,
-            milestones=profile.milestones, gamma=profile.gamma, max_steps_per_epoch=profile.max_steps_per_epoch,
-            eval_every=profile.eval_every, evaluator=evaluator if profile.eval_every else None,
+            milestones=profile.milestones, gamma=profile.gamma,
+            max_steps_per_epoch=profile.max_steps_per_epoch, eval_every=profile.eval_every,
+            evaluator=evaluator if profile.eval_every else None,
             checkpoint_dir=run.checkpoint_dir, device=profile.device, seed=seed, hooks=hooks,
             progress=progress, **fit_kwargs,
         )
