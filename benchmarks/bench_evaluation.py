@@ -142,7 +142,8 @@ def market_like(num_q: int, num_g: int, num_ids: int, num_cams: int, seed: int):
 def report(name: str, ours: tuple, ref: tuple | None, diff: float | None) -> None:
     print(f"  {name}: ours {ours[0]:8.2f} s, peak +{ours[1]:7.0f} MiB", end="")
     if ref is not None:
-        print(f" | reference {ref[0]:8.2f} s, peak +{ref[1]:7.0f} MiB | speed-up x{ref[0] / ours[0]:.1f}", end="")
+        speed_up = ref[0] / ours[0]
+        print(f" | reference {ref[0]:8.2f} s, peak +{ref[1]:7.0f} MiB | speed-up x{speed_up:.1f}", end="")
     print(f" | max |diff| {diff:.3g}" if diff is not None else "")
 
 
@@ -196,7 +197,9 @@ def bench_re_ranking(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     for name, value in MARKET.items():
         parser.add_argument(f"--{name}", type=int, default=value)
     parser.add_argument("--threads", type=int, default=2)
