@@ -9,12 +9,15 @@ from .backbones import (
 )
 from .baseline import Baseline, BaselineCriterion, param_groups
 from .heads import BNNeck, IdentityClassifier
+from .ianet import IANet, IANetCriterion
 
 __all__ = [
     "BNNeck",
     "Backbone",
     "Baseline",
     "BaselineCriterion",
+    "IANet",
+    "IANetCriterion",
     "IdentityClassifier",
     "PretrainedWeightsMissingWarning",
     "available_backbones",
