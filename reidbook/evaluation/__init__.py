@@ -14,6 +14,7 @@ from .protocols import (
 )
 from .ranking import evaluate_rank, rank_metrics
 from .rerank import re_ranking
+from .tlift import tlift
 
 __all__ = [
     "cosine_distance",
@@ -31,4 +32,5 @@ __all__ = [
     "sample_sysu_gallery",
     "split_vehicleid",
     "summarize_trials",
+    "tlift",
 ]

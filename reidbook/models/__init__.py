@@ -10,6 +10,7 @@ from .backbones import (
 from .baseline import Baseline, BaselineCriterion, param_groups
 from .heads import BNNeck, IdentityClassifier
 from .ianet import IANet, IANetCriterion
+from .qaconv import QAConvCriterion, QAConvNet
 
 __all__ = [
     "BNNeck",
@@ -20,6 +21,8 @@ __all__ = [
     "IANetCriterion",
     "IdentityClassifier",
     "PretrainedWeightsMissingWarning",
+    "QAConvCriterion",
+    "QAConvNet",
     "available_backbones",
     "build_backbone",
     "param_groups",
