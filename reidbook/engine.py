@@ -436,6 +436,12 @@ class _TrainingLoop:
         s, cfg = self.state, self.config
         if self.checkpoints is not None and (checkpoint := self.checkpoints.load_latest()) is not None:
             self.restore(checkpoint)
+            if s.epoch < cfg.epochs:
+                print(
+                    f"Resuming from the checkpoint in {self.checkpoints.directory}: "
+                    f"epoch {s.epoch + 1}/{cfg.epochs}, step {s.step} (global step {s.global_step})",
+                    flush=True,
+                )
         if self.checkpoints is not None and s.epoch < cfg.epochs:
             self.checkpoints.mark_incomplete()
         total = cfg.epochs * cfg.steps_per_epoch if cfg.steps_per_epoch is not None else None

@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from .data import ReIDDataset, build_test_loader, build_train_loader, load_dataset
-from .engine import evaluate_model, fit
+from .engine import evaluate_model, fit, seed_everything
 from .profiles import Profile
 from .results import ResultsStore, Run
 
@@ -122,6 +122,7 @@ def train_reid_model(
                                          device=profile.device, progress=False))
             return latest
 
+        seed_everything(seed)  # the model's initial weights depend on the seed alone
         model = build_model(num_classes)
         history = fit(
             model, build_criterion(num_classes), loader, epochs=profile.epochs, optimizer=profile.optimizer,
