@@ -1,9 +1,10 @@
 """Benchmark: vectorised ``evaluate_rank`` and torch ``re_ranking`` against per-query numpy references.
 
 Market-1501-sized random problem (3,368 queries x 15,913 gallery images, 751 identities, 6 cameras) built
-from clustered random embeddings, so the metrics are neither 0 nor 1. Each measured call runs in a forked
-child process; "peak memory" is the growth of that child's peak resident set size (``ru_maxrss``) over its
-RSS before the call, so it counts numpy *and* torch allocations (and allocator slack), not just tensors.
+from clustered random embeddings, so the metrics are neither 0 nor 1. Each measured call runs in a fresh
+(spawned) child process; "peak memory" is that child's peak resident set size during the call (VmHWM,
+reset just before the call via /proc/self/clear_refs) minus its RSS before the call. It counts numpy *and*
+torch allocations (and allocator slack) of the call itself, not the inputs already in memory.
 
     python benchmarks/bench_evaluation.py --threads 2 [--rerank-size 3000] [--full-rerank] [--full-reference]
 """
@@ -12,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
-import resource
 import time
 from collections.abc import Callable
 
@@ -96,24 +95,27 @@ def reference_re_ranking(q_g, q_q, g_g, k1=20, k2=6, lambda_value=0.3):
 # ----------------------------------------------------------------- measurement
 
 
-def _current_rss_kib() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1])
 
 
 def _child(fn: Callable, args: tuple, threads: int, queue) -> None:
     torch.set_num_threads(threads)
-    before = _current_rss_kib()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+    before = _status_kib("VmRSS")
     start = time.perf_counter()
     result = fn(*args)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    queue.put((seconds, max(peak - before, 0) / 1024, result))
+    peak = _status_kib("VmHWM")
+    queue.put((seconds, (peak - before) / 1024, result))
 
 
 def measure(fn: Callable, args: tuple, threads: int) -> tuple[float, float, object]:
-    """(seconds, peak RSS growth in MiB, result) of ``fn(*args)`` in a forked child."""
-    ctx = mp.get_context("fork")
+    """(seconds, peak RSS growth in MiB, result) of ``fn(*args)`` in a spawned child."""
+    ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(fn, args, threads, queue))
     proc.start()

@@ -9,6 +9,7 @@ Jupyter Book builds the HTML from there, so the sources stay clean.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import subprocess
@@ -45,8 +46,12 @@ def toc_chapters(root: Path = REPO_ROOT) -> list[Path]:
     return [nb for nb in notebooks if (root / nb).exists()]
 
 
-def execute_chapter(source: Path, target: Path, parameters: dict, timeout: int | None = None) -> float:
+def execute_chapter(
+    source: Path, target: Path, parameters: dict, timeout: int | None = None, log_output: bool = False
+) -> float:
     """Execute one chapter with papermill into ``target``; return the seconds it took.
+
+    ``log_output`` streams the chapter's printed output (its progress bars included) to this process's log.
 
     The chapter runs with its own folder as working directory (as it does in Jupyter), and the cell
     papermill injects with the parameters is tagged ``remove-cell`` so the book does not show it.
@@ -64,6 +69,7 @@ def execute_chapter(source: Path, target: Path, parameters: dict, timeout: int |
             cwd=str(source.parent),
             kernel_name="python3",
             progress_bar=False,
+            log_output=log_output,
             execution_timeout=timeout,
         )
     except PapermillExecutionError as err:
@@ -108,7 +114,9 @@ def build_html(staging: Path, output: Path) -> Path:
     return output / "_build" / "html"
 
 
-def regenerate(profile: str, staging: Path, output: Path, only: list[str] | None = None) -> dict[str, float]:
+def regenerate(
+    profile: str, staging: Path, output: Path, only: list[str] | None = None, log_output: bool = True
+) -> dict[str, float]:
     """Execute the chapters (all, or those whose name contains one of ``only``) and build the HTML."""
     stage_sources(staging)
     seconds: dict[str, float] = {}
@@ -116,7 +124,9 @@ def regenerate(profile: str, staging: Path, output: Path, only: list[str] | None
         if only and not any(key in chapter.stem for key in only):
             continue
         print(f"[book] executing {chapter} (profile={profile}) ...", flush=True)
-        seconds[chapter.stem] = execute_chapter(REPO_ROOT / chapter, staging / chapter, {"profile": profile})
+        seconds[chapter.stem] = execute_chapter(
+            REPO_ROOT / chapter, staging / chapter, {"profile": profile}, log_output=log_output
+        )
         print(f"[book] {chapter.stem}: {seconds[chapter.stem]:.0f} s", flush=True)
     html = build_html(staging, output)
     print(f"[book] HTML at {html / 'index.html'}")
@@ -129,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="retrain runs found in the results store")
     parser.add_argument("--only", nargs="*", help="execute only the chapters whose file name contains these")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # papermill streams the chapters' output
     if args.force:
         os.environ["REIDBOOK_FORCE"] = "1"
     staging = REPO_ROOT / "_build" / "executed" / args.profile

@@ -137,6 +137,19 @@ def test_matches_naive_loop_for_every_chunk_size_and_input_type(levels):
             assert out["num_valid_queries"] == valid
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_negative_distances_zeros_and_low_precision_match_the_naive_loop(dtype):
+    dist, q_pids, g_pids, q_cams, g_cams = random_problem(4, levels=5)
+    dist = (dist - 2.0).astype(np.float32)  # -2..2 with ties, like negated similarities
+    dist[:, ::7] = -0.0
+    dist[:, 3::7] = 0.0
+    cmc, mAP, mINP, _ = naive_metrics(dist, q_pids, g_pids, q_cams, g_cams, 10, standard_rule)
+    out = evaluate_rank(torch.from_numpy(dist).to(dtype), q_pids, g_pids, q_cams, g_cams, max_rank=10)
+    np.testing.assert_allclose(out["cmc"], cmc, atol=1e-12)
+    assert out["mAP"] == pytest.approx(mAP, abs=1e-12)
+    assert out["mINP"] == pytest.approx(mINP, abs=1e-12)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     dist, q_pids, g_pids, q_cams, g_cams = random_problem(1, levels=8)

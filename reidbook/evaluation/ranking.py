@@ -5,9 +5,13 @@ sorted by distance, the gallery images that the protocol *removes* (by default: 
 camera as the query) are dropped from the ranked list, and queries left without any true match are
 skipped. Ties in distance are broken by gallery index (a stable sort), so results are deterministic.
 
-Everything is vectorised over chunks of queries (``chunk_size`` rows at a time): peak memory is
-about ``50 * chunk_size * num_gallery`` bytes, whatever the number of queries. It runs in torch on the
-distance matrix's device (CPU or CUDA); numpy input is evaluated on the CPU.
+Everything is vectorised over chunks of queries (``chunk_size`` rows at a time), in torch on the
+distance matrix's device (CPU or CUDA; numpy input is evaluated on the CPU). Float32/16 distances are
+ranked without sorting the gallery: each image gets an int64 key (monotone float bits, gallery index in
+the low bits) and a binary search among the few true-match keys counts the images ranked before each
+true match (about ``40 * chunk_size * num_gallery`` bytes at peak). Float64 distances, whose bits do not
+fit beside the index, are ranked by a stable sort (about ``60 * chunk_size * num_gallery`` bytes). Both
+give the same result as a per-query loop with a stable argsort.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from torch import Tensor
 
 ArrayLike = np.ndarray | Tensor
 
-# (query pids (c, 1), query cams (c, 1), ranked gallery pids (c, g), ranked gallery cams (c, g))
-#   -> (c, g) bool: True where the ranked gallery image is removed for that query
+# (query pids (c, 1), query cams (c, 1), gallery pids (1, g), gallery cams (1, g))
+#   -> (c, g) bool (broadcastable): True where the gallery image is removed for that query
 RemovalRule = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
@@ -34,7 +38,7 @@ def same_identity_same_camera(q_pids: Tensor, q_camids: Tensor, g_pids: Tensor, 
 
 def remove_nothing(q_pids: Tensor, q_camids: Tensor, g_pids: Tensor, g_camids: Tensor) -> Tensor:
     """Cross-modality (RegDB) and VehicleID rule: every gallery image is a valid candidate."""
-    return torch.zeros_like(g_pids, dtype=torch.bool)
+    return torch.zeros(len(q_pids), g_pids.shape[-1], dtype=torch.bool, device=g_pids.device)
 
 
 def as_tensor(x: ArrayLike, device: torch.device | str | None = None) -> Tensor:
@@ -161,50 +165,104 @@ def _rank_chunk(
     acc: _Accumulator,
 ) -> None:
     """Ranks one chunk of queries and adds its CMC hits, AP and INP to ``acc``."""
-    num_q = dist.shape[0]
-    order = torch.sort(dist, dim=1, stable=True).indices  # (c, g): ties by gallery index
-    ranked_pids = g_pids[order]  # (c, g)
-    keep = ~removal_rule(q_pids[:, None], q_camids[:, None], ranked_pids, g_camids[order])  # (c, g)
-    good = keep & (ranked_pids == q_pids[:, None])  # (c, g) true matches that count
-    kept_rank = torch.cumsum(keep, dim=1, dtype=torch.int32)  # (c, g) 1-based rank in the kept list
-    hits = torch.cumsum(good, dim=1, dtype=torch.int32)  # (c, g) true matches so far
-
-    rows, cols = good.nonzero(as_tuple=True)  # row-major: each query's matches in ranked order
-    rank_at_hit = kept_rank[rows, cols].double()  # (n_hits,)
-    precision_at_hit = hits[rows, cols].double() / rank_at_hit  # (n_hits,)
+    removed = removal_rule(q_pids[:, None], q_camids[:, None], g_pids[None, :], g_camids[None, :])
+    removed = removed.expand(dist.shape)  # (c, g), gallery order
+    good = ~removed & (g_pids[None, :] == q_pids[:, None])  # (c, g) true matches that count
     num_pos = good.sum(dim=1)  # (c,)
     valid = num_pos > 0
     if not bool(valid.any()):
         return
-
-    ap = torch.zeros(num_q, dtype=torch.float64, device=dist.device).index_add_(0, rows, precision_at_hit)
-    ap = ap[valid] / num_pos[valid]
-    hardest = torch.zeros(num_q, dtype=torch.float64, device=dist.device)
-    hardest = hardest.scatter_reduce(0, rows, rank_at_hit, reduce="amax")  # rank of the last true match
-    inp = num_pos[valid] / hardest[valid]
-
-    first_col = torch.full((num_q,), dist.shape[1], dtype=torch.long, device=dist.device)
-    first_col = first_col.scatter_reduce(0, rows, cols, reduce="amin")  # sorted position of first match
-    if identity_once_cmc:
-        first_rank = _distinct_identities_before(first_col, keep, g_identity_index[order]) + 1
+    if dist.dtype == torch.float64:
+        match_ranks, first_match = _match_ranks_by_sorting(dist, removed, good, num_pos)
     else:
-        first_rank = kept_rank.gather(1, first_col.clamp(max=dist.shape[1] - 1)[:, None])[:, 0]
+        match_ranks, first_match = _match_ranks_by_counting(dist, removed, good, num_pos)
+    match_ranks, num_pos, first_match = match_ranks[valid], num_pos[valid], first_match[valid]
+
+    # AP = mean over true matches of (matches so far / rank); padding ranks are inf and add 0
+    hits = torch.arange(1, match_ranks.shape[1] + 1, device=dist.device, dtype=torch.float64)
+    ap = (hits / match_ranks).sum(dim=1) / num_pos
+    hardest = match_ranks.gather(1, (num_pos - 1)[:, None])[:, 0]  # rank of the last true match
+    inp = num_pos / hardest
+    if identity_once_cmc:
+        before = _ranked_before(dist[valid], first_match) & ~removed[valid]
+        first_rank = _distinct_identities(before, g_identity_index) + 1
+    else:
+        first_rank = match_ranks[:, 0]
     ranks = torch.arange(1, acc.max_rank + 1, device=dist.device)
-    cmc_hits = (first_rank[valid, None] <= ranks[None, :]).sum(dim=0)  # (max_rank,)
+    cmc_hits = (first_rank[:, None] <= ranks[None, :]).sum(dim=0)  # (max_rank,)
 
     acc.cmc_counts += cmc_hits.double().cpu()
     acc.ap_sum += float(ap.sum())
     acc.inp_sum += float(inp.sum())
-    acc.num_valid += int(valid.sum())
+    acc.num_valid += len(num_pos)
 
 
-def _distinct_identities_before(first_col: Tensor, keep: Tensor, ranked_identity: Tensor) -> Tensor:
-    """(c,) number of distinct identities among kept gallery images ranked before ``first_col``."""
-    positions = torch.arange(keep.shape[1], device=keep.device)
-    before = keep & (positions[None, :] < first_col[:, None])  # (c, g)
-    num_identities = int(ranked_identity.max()) + 1
-    seen = torch.zeros(keep.shape[0], num_identities, device=keep.device)  # (c, P)
-    seen.scatter_add_(1, ranked_identity, before.float())
+_LAST = torch.iinfo(torch.int64).max
+
+
+def _order_keys(dist: Tensor) -> Tensor:
+    """(c, g) int64 keys, unique per row, ordered exactly as (distance, gallery index).
+
+    The float32 bit pattern is made monotone (negative numbers flipped) and the index fills the low
+    32 bits. Comparing keys is then a stable sort without sorting.
+    """
+    bits = (dist.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
+    monotone = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # int32 order == float order
+    index = torch.arange(dist.shape[1], device=dist.device)
+    return monotone.long() * (1 << 32) + index
+
+
+def _match_ranks_by_counting(
+    dist: Tensor, removed: Tensor, good: Tensor, num_pos: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Ranks of the true matches without sorting the gallery (float32/16 distances).
+
+    Removed images get the largest key, so they rank behind everything and never count. Each gallery
+    image falls into a bucket "number of true matches ranked before it" (a binary search among the
+    few true-match keys); the cumulative bucket counts are the ranks of the true matches.
+
+    Returns (c, R) float64 ranks in ranked order (inf beyond each query's matches) and the (c,) gallery
+    index of each query's best-ranked true match.
+    """
+    keys = _order_keys(dist).masked_fill_(removed, _LAST)  # (c, g)
+    most = int(num_pos.max())
+    match_keys = keys.masked_fill(~good, _LAST).topk(most, dim=1, largest=False).values  # (c, R) sorted
+    bucket = torch.searchsorted(match_keys, keys)  # (c, g) true matches strictly before each image
+    per_bucket = torch.zeros(len(keys), most + 1, dtype=torch.long, device=dist.device)
+    per_bucket.scatter_add_(
+        1, bucket, torch.ones(1, 1, dtype=torch.long, device=dist.device).expand_as(bucket)
+    )
+    ranks = per_bucket.cumsum(dim=1)[:, :most].double()  # (c, R) 1-based rank of the m-th true match
+    padding = torch.arange(most, device=dist.device)[None, :] >= num_pos[:, None]
+    return ranks.masked_fill_(padding, torch.inf), match_keys[:, 0] & 0xFFFFFFFF
+
+
+def _match_ranks_by_sorting(
+    dist: Tensor, removed: Tensor, good: Tensor, num_pos: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Same output as :func:`_match_ranks_by_counting`, by a stable sort (float64 distances)."""
+    order = torch.sort(dist, dim=1, stable=True).indices  # (c, g): ties by gallery index
+    kept_rank = torch.cumsum(~removed.gather(1, order), dim=1)  # (c, g) 1-based rank in the kept list
+    good_sorted = good.gather(1, order)  # (c, g)
+    hits = torch.cumsum(good_sorted, dim=1)  # (c, g) true matches so far
+    rows, cols = good_sorted.nonzero(as_tuple=True)
+    ranks = torch.full((len(dist), int(num_pos.max())), torch.inf, dtype=torch.float64, device=dist.device)
+    ranks[rows, hits[rows, cols] - 1] = kept_rank[rows, cols].double()
+    first_col = good_sorted.byte().argmax(dim=1, keepdim=True)  # first True in ranked order
+    return ranks, order.gather(1, first_col)[:, 0]
+
+
+def _ranked_before(dist: Tensor, gallery_index: Tensor) -> Tensor:
+    """(c, g) mask of gallery images ranked before ``gallery_index`` (by distance, then index)."""
+    pivot = dist.gather(1, gallery_index[:, None])  # (c, 1)
+    index = torch.arange(dist.shape[1], device=dist.device)[None, :]
+    return (dist < pivot) | ((dist == pivot) & (index < gallery_index[:, None]))
+
+
+def _distinct_identities(mask: Tensor, identity_index: Tensor) -> Tensor:
+    """(c,) number of distinct identities (0..P-1 labels of the gallery) among the images in ``mask``."""
+    seen = torch.zeros(len(mask), int(identity_index.max()) + 1, device=mask.device)  # (c, P)
+    seen.scatter_add_(1, identity_index.expand_as(mask), mask.float())
     return (seen > 0).sum(dim=1)
 
 

@@ -54,9 +54,10 @@ class _NormalisedDistances:
         q = self.num_query
         for start in range(0, q, self.chunk_size):
             rows = slice(start, min(start + self.chunk_size, q))
+            q_g_rows = self._squared(self.q_g[rows])
             col_max[:q] = torch.maximum(col_max[:q], self._squared(self.q_q[rows]).amax(0))
-            col_max[rows] = torch.maximum(col_max[rows], self._squared(self.q_g[rows]).amax(1))  # q_g^T part
-            col_max[q:] = torch.maximum(col_max[q:], self._squared(self.q_g[rows]).amax(0))
+            col_max[rows] = torch.maximum(col_max[rows], q_g_rows.amax(1))  # the q_g^T block
+            col_max[q:] = torch.maximum(col_max[q:], q_g_rows.amax(0))
         for start in range(0, self.num_gallery, self.chunk_size):
             col_max[q:] = torch.maximum(
                 col_max[q:], self._squared(self.g_g[start : start + self.chunk_size]).amax(0)
