@@ -120,7 +120,7 @@ def _jsonable(value: Any) -> Any:
 
 
 # Modules that draw or publish results but cannot change a training run's numbers.
-PRESENTATION_MODULES = frozenset({"viz.py", "book.py"})
+PRESENTATION_MODULES = frozenset({"viz.py", "book.py", "paper_numbers.py"})
 
 
 def code_fingerprint(package_dir: str | os.PathLike = PACKAGE_DIR) -> str:
