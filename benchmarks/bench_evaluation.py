@@ -28,8 +28,12 @@ MARKET = {"queries": 3368, "gallery": 15913, "ids": 751, "cameras": 6}
 
 
 def reference_evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
-    """The standard per-query Python path (as torchreid's ``eval_market1501`` plus AGW's mINP)."""
-    indices = np.argsort(distmat, axis=1)
+    """The standard per-query Python path (as torchreid's ``eval_market1501`` plus AGW's mINP).
+
+    The argsort is stable here (torchreid uses numpy's default quicksort) so that ties, frequent among
+    15,913 float32 distances, are broken the same way as in ``evaluate_rank``.
+    """
+    indices = np.argsort(distmat, axis=1, kind="stable")  # ties by gallery index, as evaluate_rank
     matches = (g_pids[indices] == q_pids[:, np.newaxis]).astype(np.int32)
     all_cmc, all_ap, all_inp = [], [], []
     for q_idx in range(len(q_pids)):
@@ -62,7 +66,7 @@ def reference_re_ranking(q_g, q_q, g_g, k1=20, k2=6, lambda_value=0.3):
     dist = np.transpose(full / np.max(full, axis=0))
     del full
     num_query, num_all = q_g.shape[0], dist.shape[0]
-    rank = np.argsort(dist).astype(np.int32)
+    rank = np.argsort(dist, kind="stable").astype(np.int32)  # the reference's quicksort breaks ties randomly
     half = int(np.around(k1 / 2.0))
     V = np.zeros_like(dist)
     for i in range(num_all):

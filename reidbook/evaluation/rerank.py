@@ -11,10 +11,12 @@ expansion and Jaccard distance -- but without the dense (N, N) matrices of the r
 * the Jaccard distance (Eq. 10) walks an inverted index of V over (query, gallery) pairs sharing a
   neighbour, at most ``max_pairs`` pairs at a time.
 
-Peak memory beyond the inputs and the (q, g) float32 output: about ``4 * chunk_size * N`` bytes for a
-distance chunk, ``8 * N * (k1 + 1)`` for the neighbour lists, ~20 bytes per non-zero of V (typically
-tens to a few hundred per row), and ``~50 * max_pairs`` bytes for the Jaccard step. For Market-1501
-(N = 19,281) that is a few hundred MB, against >6 GB for the dense reference.
+Peak memory beyond the inputs: the (q, g) float32 output (the Jaccard distances are turned into the
+final ones in place), about ``12 * chunk_size * N`` bytes for a distance chunk, ``8 * N * (k1 + 1)``
+for the neighbour lists, ~20 bytes per non-zero of V (tens to a few hundred per row), and
+``~50 * max_pairs`` bytes for the Jaccard step. Measured on a Market-1501-sized problem (N = 19,281),
+see ``benchmarks/bench_evaluation.py``: well under 1 GB on top of the inputs, against ~7 GB for the
+dense reference.
 
 Ties: neighbours at exactly equal distance are ordered by gallery index among those ``torch.topk``
 selects; the reference's ``np.argsort`` (quicksort) orders them arbitrarily. This only matters with
@@ -93,9 +95,9 @@ class _NormalisedDistances:
             d[m] = block[rr, cc] if transposed else block[cc, rr]
         return self._squared(d) / self.column_max[rows]
 
-    def query_gallery(self) -> Tensor:
-        """(q, g) block M[:q, q:] = S[q:, :q]^T / colmax[:q] = squared q_g / colmax of the query columns."""
-        return self._squared(self.q_g) / self.column_max[: self.num_query, None]
+    def query_gallery(self, rows: slice) -> Tensor:
+        """Rows of the (q, g) block M[:q, q:] = S[q:, :q]^T / colmax[:q] = squared q_g / query colmax."""
+        return self._squared(self.q_g[rows]) / self.column_max[: self.num_query][rows, None]
 
 
 def re_ranking(
@@ -129,8 +131,10 @@ def re_ranking(
     if k2 != 1:
         v_rows, v_cols, v_vals = _query_expansion(v_rows, v_cols, v_vals, neighbours[:, :k2], dist.num_all)
     jaccard = _jaccard_query_gallery(v_rows, v_cols, v_vals, dist.num_query, dist.num_all, max_pairs)
-    final = jaccard * (1 - lambda_value) + dist.query_gallery() * lambda_value  # (q, g)
-    return final.cpu().numpy()
+    for start in range(0, dist.num_query, chunk_size):  # in place: final = jaccard (1 - l) + d l
+        rows = slice(start, start + chunk_size)
+        jaccard[rows].mul_(1 - lambda_value).add_(dist.query_gallery(rows) * lambda_value)
+    return jaccard.cpu().numpy()
 
 
 def _check_inputs(q_g: Tensor, q_q: Tensor, g_g: Tensor, k1: int, k2: int, lambda_value: float) -> None:
