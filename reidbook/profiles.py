@@ -137,15 +137,16 @@ PROFILES: dict[str, Profile] = {
         world={"world_size": "small"},
         seeds=(0,),
     ),
-    # Measured on 2 cores: ResNet-18 trains at ~300 img/s at 64x32, so an epoch of the default world
-    # (~4,000 images) takes ~15 s and a 16-epoch run about 4-5 minutes with its evaluations.
+    # Measured on an idle 2-core machine: ResNet-18 trains at ~320 img/s at 64x32 with batches of 64
+    # (~190 img/s with batches of 32), so an epoch of the default world (~4,000 images) takes ~13 s and a
+    # 16-epoch run 3-4 minutes with its evaluations.
     "cpu": Profile(
         name="cpu",
         backbone="resnet18",
         height=64,
         width=32,
         epochs=16,
-        batch_p=8,
+        batch_p=16,
         batch_k=4,
         warmup_epochs=1,
         milestones=(12,),
