@@ -17,6 +17,7 @@ from torch import nn
 
 from .data import ReIDDataset, build_test_loader, build_train_loader, load_dataset
 from .engine import evaluate_model, fit, seed_everything
+from .models import Baseline, BaselineCriterion
 from .profiles import Profile
 from .results import ResultsStore, Run
 
@@ -139,6 +140,27 @@ def train_reid_model(
         return {k: (np.asarray(v).tolist() if k == "cmc" else v) for k, v in metrics.items()}
 
     return store.get_or_train(name, config, train)
+
+
+def baseline_model_builder(profile: Profile) -> Callable[[int], nn.Module]:
+    """``num_classes -> Baseline`` with the profile's backbone, weights and last stride (chapter 1)."""
+
+    def build(num_classes: int) -> nn.Module:
+        return Baseline(num_classes, backbone=profile.backbone, pretrained=profile.pretrained,
+                        last_stride=profile.last_stride)
+
+    return build
+
+
+def baseline_criterion(num_classes: int) -> BaselineCriterion:
+    """The strong baseline's losses: label-smoothed cross-entropy (0.1) + batch-hard triplet (margin 0.3)."""
+    return BaselineCriterion(num_classes, label_smoothing=0.1, triplet_margin=0.3)
+
+
+def train_baseline(dataset: ReIDDataset, profile: Profile, *, seed: int | None = None, **kwargs: Any) -> Run:
+    """The strong baseline's run: the one definition every chapter reuses from the results store."""
+    return train_reid_model("baseline", dataset, profile, build_model=baseline_model_builder(profile),
+                            build_criterion=baseline_criterion, seed=seed, **kwargs)
 
 
 def load_trained(run: Run, build_model: Callable[[int], nn.Module], num_classes: int) -> nn.Module:
