@@ -29,6 +29,7 @@ book: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_evaluation.py
+	$(BIN)/python benchmarks/bench_qaconv.py
 
 clean:
 	rm -rf _build book/_executed

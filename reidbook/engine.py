@@ -788,8 +788,13 @@ def evaluate_model(
     ranks: Sequence[int] = (1, 5, 10),
     **rank_kwargs: Any,
 ) -> dict[str, Any]:
-    """Extract query and gallery features, compute (Q, G) distances (squared euclidean or 1 - cosine) and
-    rank them with :func:`reidbook.evaluation.ranking.evaluate_rank`.
+    """Extract query and gallery features, compute (Q, G) distances and rank them with
+    :func:`reidbook.evaluation.ranking.evaluate_rank`.
+
+    ``metric`` is ``"euclidean"`` (squared), ``"cosine"`` (1 - cosine) or ``"match"``: the model compares
+    pairs itself through ``model.match(query_feats, gallery_feats) -> (q, g)`` similarities (QAConv's
+    feature maps), scored block by block by :func:`reidbook.evaluation.pairwise_distance_matrix`; feature
+    maps are not flip-averaged.
 
     Returns the evaluation's dict (``cmc`` array, ``mAP``, ``mINP``, ...) plus ``rank<k>`` scalars for
     ``ranks``; ``rank_kwargs`` (e.g. ``max_rank``) are passed to ``evaluate_rank``.
@@ -798,15 +803,30 @@ def evaluate_model(
     from .evaluation.ranking import evaluate_rank
 
     distances = {"euclidean": euclidean_distance, "cosine": cosine_distance}
-    if metric not in distances:
-        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    if metric not in (*distances, "match"):
+        raise ValueError(f"metric must be 'euclidean', 'cosine' or 'match', got {metric!r}")
+    if metric == "match" and not callable(getattr(model, "match", None)):
+        raise ValueError(f"metric='match' needs a model with a match(query, gallery) method; "
+                         f"{type(model).__name__} has none")
+    flip = flip and metric != "match"
     q_feats, q_pids, q_camids = extract_features(
         model, query_loader, device=device, flip=flip, progress=progress
     )
     g_feats, g_pids, g_camids = extract_features(
         model, gallery_loader, device=device, flip=flip, progress=progress
     )
-    distmat = distances[metric](q_feats.flatten(1), g_feats.flatten(1))  # (Q, G)
+    if metric == "match":
+        from .evaluation.pairwise import pairwise_distance_matrix
+
+        was_training = model.training
+        model.eval()
+        try:
+            distmat = pairwise_distance_matrix(model.match, q_feats, g_feats, device=resolve_device(device),
+                                               progress=progress)
+        finally:
+            model.train(was_training)
+    else:
+        distmat = distances[metric](q_feats.flatten(1), g_feats.flatten(1))  # (Q, G)
     metrics = dict(evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, **rank_kwargs))
     cmc = np.asarray(metrics["cmc"])
     metrics.update({f"rank{k}": float(cmc[k - 1]) for k in ranks if k <= len(cmc)})

@@ -17,7 +17,10 @@ from torch import nn
 
 from .data import ReIDDataset, build_test_loader, build_train_loader, load_dataset
 from .engine import evaluate_model, fit, seed_everything
-from .models import Baseline, BaselineCriterion
+from .models import Backbone, Baseline, BaselineCriterion
+from .models.baseline import param_groups
+from .models.qaconv import QAConvCriterion, QAConvNet
+from .models.qaconv_losses import build_pooled_model, pooled_criterion
 from .profiles import Profile
 from .results import ResultsStore, Run
 
@@ -26,6 +29,7 @@ SYNTHETIC_PREFIX = "synthetic-"
 PRESET_READERS = {"market": "market1501", "market-b": "market1501", "sysu": "sysu", "regdb": "regdb"}
 
 Criterion = Callable[[dict, dict], dict]
+CriterionBuilder = Callable[[nn.Module, int], Criterion]  # (model, num_classes) -> criterion
 
 
 def open_dataset(
@@ -78,9 +82,11 @@ def train_reid_model(
     profile: Profile,
     *,
     build_model: Callable[[int], nn.Module],
-    build_criterion: Callable[[int], Criterion],
+    build_criterion: CriterionBuilder,
     seed: int | None = None,
     options: Mapping[str, Any] | None = None,
+    augment: Mapping[str, Any] | None = None,
+    lr_mults: Mapping[str, float] | None = None,
     eval_dataset: ReIDDataset | None = None,
     metric: str = "euclidean",
     hooks: Sequence[Any] = (),
@@ -88,12 +94,16 @@ def train_reid_model(
     progress: bool = True,
     **fit_kwargs: Any,
 ) -> Run:
-    """Train ``build_model(num_classes)`` with ``build_criterion(num_classes)`` on ``dataset.train`` in the
-    ``profile``, evaluate on ``eval_dataset`` (default: the same dataset) and store everything.
+    """Train ``build_model(num_classes)`` with ``build_criterion(model, num_classes)`` on ``dataset.train``
+    in the ``profile`` (the criterion gets the model for losses that use its parts, like QAConv's class
+    memory), evaluate on ``eval_dataset`` (default: the same dataset) and store everything.
 
     ``options`` describes the method's own settings and enters the run's key together with the profile,
-    the seed and the datasets; a complete run with the same key is returned without training. The run
-    checkpoints every epoch, so an interrupted run resumes where it stopped.
+    the seed, the datasets and ``augment`` (training augmentation overrides for
+    :func:`reidbook.data.build_transforms`, e.g. ``{"random_erasing": 0, "random_block": 1}``) and
+    ``lr_mults`` (learning-rate multipliers by submodule name, e.g. ``{"backbone": 0.1}``); a complete run
+    with the same key is returned without training. The run checkpoints every epoch, so an interrupted run
+    resumes where it stopped.
     """
     store = store or ResultsStore()
     seed = profile.seed if seed is None else seed
@@ -106,12 +116,16 @@ def train_reid_model(
         "metric": metric,
         "options": dict(options or {}),
     }
+    if augment:
+        config["augment"] = dict(augment)
+    if lr_mults:
+        config["lr_mults"] = dict(lr_mults)
 
     def train(run: Run) -> dict[str, Any]:
         num_classes = dataset.num_train_pids
         loader = build_train_loader(
             dataset.train, height=profile.height, width=profile.width, batch_size=profile.batch_size,
-            num_instances=profile.batch_k, seed=seed, num_workers=profile.num_workers,
+            num_instances=profile.batch_k, seed=seed, num_workers=profile.num_workers, **dict(augment or {}),
         )
         query_loader, gallery_loader = test_loaders(eval_dataset, profile)
 
@@ -126,13 +140,14 @@ def train_reid_model(
         seed_everything(seed)  # the model's initial weights depend on the seed alone
         model = build_model(num_classes)
         history = fit(
-            model, build_criterion(num_classes), loader, epochs=profile.epochs, optimizer=profile.optimizer,
-            lr=profile.lr, weight_decay=profile.weight_decay, warmup_epochs=profile.warmup_epochs,
-            milestones=profile.milestones, gamma=profile.gamma,
+            model, build_criterion(model, num_classes), loader, epochs=profile.epochs,
+            optimizer=profile.optimizer, lr=profile.lr, weight_decay=profile.weight_decay,
+            warmup_epochs=profile.warmup_epochs, milestones=profile.milestones, gamma=profile.gamma,
             max_steps_per_epoch=profile.max_steps_per_epoch, eval_every=profile.eval_every,
             evaluator=evaluator if profile.eval_every else None,
             checkpoint_dir=run.checkpoint_dir, device=profile.device, seed=seed, hooks=hooks,
-            progress=progress, **fit_kwargs,
+            progress=progress, param_groups=param_groups(model, profile.lr, lr_mults) if lr_mults else None,
+            **fit_kwargs,
         )
         metrics = dict(latest) if latest else evaluator(model)
         run.save_model(model)
@@ -152,7 +167,7 @@ def baseline_model_builder(profile: Profile) -> Callable[[int], nn.Module]:
     return build
 
 
-def baseline_criterion(num_classes: int) -> BaselineCriterion:
+def baseline_criterion(model: nn.Module, num_classes: int) -> BaselineCriterion:
     """The strong baseline's losses: label-smoothed cross-entropy (0.1) + batch-hard triplet (margin 0.3)."""
     return BaselineCriterion(num_classes, label_smoothing=0.1, triplet_margin=0.3)
 
@@ -161,6 +176,97 @@ def train_baseline(dataset: ReIDDataset, profile: Profile, *, seed: int | None =
     """The strong baseline's run: the one definition every chapter reuses from the results store."""
     return train_reid_model("baseline", dataset, profile, build_model=baseline_model_builder(profile),
                             build_criterion=baseline_criterion, seed=seed, **kwargs)
+
+
+RANDOM_BLOCK = {"random_erasing": 0.0, "random_block": 1.0}  # QAConv's augmentation (Section 5.1)
+
+
+def starting_backbone(profile: Profile, init: Run | None, num_classes: int) -> str | Backbone:
+    """The backbone a chapter-6 model starts from: the profile's backbone name (random or ImageNet weights)
+    or, with ``init``, the backbone of that stored strong-baseline run (``num_classes``: its training ids)."""
+    if init is None:
+        return profile.backbone
+    return load_trained(init, baseline_model_builder(profile), num_classes).backbone.train()
+
+
+def init_options(init: Run | None) -> dict[str, str]:
+    """What ``init`` adds to a run's options (and key): the starting run's name and key."""
+    return {} if init is None else {"init": f"{init.name}/{init.key}"}
+
+
+def qaconv_model_builder(
+    profile: Profile, options: Mapping[str, Any], init: Run | None = None
+) -> Callable[[int], nn.Module]:
+    """``num_classes -> QAConvNet`` at the profile's input size, its backbone built from the profile or
+    taken from ``init`` (see :func:`starting_backbone`); ``options`` are
+    :class:`~reidbook.models.qaconv.QAConvNet` keywords (``map_stride``, ``neck_kernel``, ``channels``)."""
+
+    def build(num_classes: int) -> nn.Module:
+        return QAConvNet(num_classes, starting_backbone(profile, init, num_classes),
+                         image_size=(profile.height, profile.width), pretrained=profile.pretrained, **options)
+
+    return build
+
+
+def qaconv_criterion(model: nn.Module, num_classes: int) -> QAConvCriterion:
+    """QAConv's class-memory focal BCE (Eqs. 1-2, gamma = 2) on ``model``'s matcher and memory."""
+    return QAConvCriterion(model)
+
+
+def pretrained_lr_mults(profile: Profile, init: Run | None) -> dict[str, float] | None:
+    """The paper's rates (Section 5.1): a backbone that starts trained learns at 0.1x the new layers'."""
+    return {"backbone": 0.1} if profile.pretrained or init is not None else None
+
+
+def train_qaconv(
+    dataset: ReIDDataset,
+    profile: Profile,
+    *,
+    options: Mapping[str, Any] | None = None,
+    init: Run | None = None,
+    augment: Mapping[str, Any] | None = RANDOM_BLOCK,
+    seed: int | None = None,
+    **kwargs: Any,
+) -> Run:
+    """A QAConv run (chapter 6): trained with its class memory, evaluated by pair matching
+    (``metric="match"``); ``augment`` defaults to Random Block instead of random erasing. ``init``: a
+    strong-baseline run on ``dataset`` whose backbone QAConv starts from (instead of ImageNet weights)."""
+    options = dict(options or {})
+    return train_reid_model(
+        "qaconv", dataset, profile, build_model=qaconv_model_builder(profile, options, init),
+        build_criterion=qaconv_criterion, seed=seed, options={**options, **init_options(init)},
+        augment=augment, lr_mults=pretrained_lr_mults(profile, init), metric="match", **kwargs,
+    )
+
+
+def pooled_model_builder(loss: str, profile: Profile, init: Run | None = None) -> Callable[[int], nn.Module]:
+    """``num_classes -> PooledFeatureNet`` for one of QAConv's Table 2 losses; the backbone as in
+    :func:`qaconv_model_builder` (a fresh one with the classification network's last stride 2)."""
+
+    def build(num_classes: int) -> nn.Module:
+        return build_pooled_model(loss, num_classes, starting_backbone(profile, init, num_classes),
+                                  pretrained=profile.pretrained, last_stride=2)
+
+    return build
+
+
+def train_loss_comparison(
+    loss: str,
+    dataset: ReIDDataset,
+    profile: Profile,
+    *,
+    init: Run | None = None,
+    seed: int | None = None,
+    **kwargs: Any,
+) -> Run:
+    """A run of QAConv's Table 2: pooled features trained with ``loss`` (softmax, arc, center, memory),
+    retrieved by cosine similarity; ``init`` as in :func:`train_qaconv`."""
+    return train_reid_model(
+        f"pooled-{loss}", dataset, profile, build_model=pooled_model_builder(loss, profile, init),
+        build_criterion=lambda model, num_classes: pooled_criterion(loss, model), seed=seed,
+        options={"loss": loss, **init_options(init)}, lr_mults=pretrained_lr_mults(profile, init),
+        metric="cosine", **kwargs,
+    )
 
 
 def load_trained(run: Run, build_model: Callable[[int], nn.Module], num_classes: int) -> nn.Module:

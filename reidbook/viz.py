@@ -1,5 +1,5 @@
 """The book's figures and tables: image grids, training curves, CMC curves, ranked lists, distance
-histograms, Grad-CAM for embeddings, and paper-vs-ours tables.
+histograms, Grad-CAM for embeddings, QAConv correspondence maps, and paper-vs-ours tables.
 
 Every plotting function builds a new :class:`matplotlib.figure.Figure` and returns it (it never calls
 ``plt.show``), so a notebook displays it and a test can inspect and close it. Nothing here is random: the
@@ -15,7 +15,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,6 +23,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
@@ -96,9 +99,12 @@ def _numpy_to_array(image: np.ndarray) -> np.ndarray:
     return np.clip(image.astype(np.float32), 0.0, 1.0)
 
 
-def _show_image(ax: Axes, image: np.ndarray) -> None:
-    """Draw ``image`` without ticks (spines are kept so that a frame can be coloured)."""
-    ax.imshow(image, interpolation="bilinear")
+def _show_image(
+    ax: Axes, image: np.ndarray, extent: tuple[float, float, float, float] | None = None
+) -> None:
+    """Draw ``image`` without ticks (spines are kept so that a frame can be coloured); ``extent`` as
+    ``imshow``'s (default: pixel i centred on i)."""
+    ax.imshow(image, interpolation="bilinear", extent=extent)
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -645,6 +651,195 @@ def _overlay(ax: Axes, image: np.ndarray, cam: np.ndarray, alpha: float) -> None
         extent=(-0.5, width - 0.5, height - 0.5, -0.5),
         interpolation="bilinear",
     )
+
+
+# --------------------------------------------------------------------------------- QAConv correspondences
+PAIRS_PER_ROW = 4
+PAIR_HEIGHT = 2.4  # inches per row of pairs
+PAIR_GAP_FRACTION = 1 / 16  # the white gap between query and gallery, as a fraction of the image height
+CORRESPONDENCE_LINE_WIDTH = 1.2
+CORRESPONDENCE_LABEL = "cosine similarity of the matched locations"
+_MIN_SIMILARITY_SPAN = 0.1  # the colour scale's width when the similarities leave it empty
+
+
+class CorrespondencesLike(Protocol):
+    """What :func:`plot_correspondences` reads, e.g. :class:`reidbook.models.qaconv.Correspondences`: for
+    each query map location (h, w), the best gallery location ``(rows, cols)`` and its ``similarity``."""
+
+    @property
+    def rows(self) -> ArrayLike: ...
+
+    @property
+    def cols(self) -> ArrayLike: ...
+
+    @property
+    def similarity(self) -> ArrayLike: ...
+
+
+def _correspondence_arrays(
+    correspondences: CorrespondencesLike, index: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """rows, cols (integer, (h, w)) and similarity (float, (h, w)) of pair ``index``, validated."""
+    names = ("rows", "cols", "similarity")
+    missing = [name for name in names if not hasattr(correspondences, name)]
+    if missing:
+        raise TypeError(
+            f"pair {index}: correspondences need attributes rows, cols and similarity, "
+            f"{type(correspondences).__name__} lacks {missing}"
+        )
+    rows, cols, similarity = (
+        np.asarray(value.detach().cpu() if isinstance(value, Tensor) else value)
+        for value in (getattr(correspondences, name) for name in names)
+    )
+    if rows.ndim != 2 or rows.size == 0 or cols.shape != rows.shape or similarity.shape != rows.shape:
+        raise ValueError(
+            f"pair {index}: rows, cols and similarity must be non-empty (h, w) maps of one shape, got "
+            f"shapes {rows.shape}, {cols.shape} and {similarity.shape}"
+        )
+    if not (np.issubdtype(rows.dtype, np.integer) and np.issubdtype(cols.dtype, np.integer)):
+        raise ValueError(
+            f"pair {index}: rows and cols must hold integer map locations, got {rows.dtype} and {cols.dtype}"
+        )
+    h, w = rows.shape
+    if rows.min() < 0 or rows.max() >= h or cols.min() < 0 or cols.max() >= w:
+        raise ValueError(
+            f"pair {index}: gallery locations must lie on the {h} x {w} map, got rows in "
+            f"[{rows.min()}, {rows.max()}] and cols in [{cols.min()}, {cols.max()}]"
+        )
+    similarity = similarity.astype(float)
+    if not np.isfinite(similarity).all():
+        raise ValueError(f"pair {index}: similarity holds non-finite values")
+    return rows, cols, similarity
+
+
+def _resize_to_height(image: np.ndarray, height: int) -> np.ndarray:
+    """``image`` (H, W, 3) resized (bilinear, antialiased) to ``height`` rows, keeping its aspect ratio."""
+    width = max(1, round(image.shape[1] * height / image.shape[0]))
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+    resized = F.interpolate(
+        tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True
+    )
+    return resized[0].permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+def _pair_canvas(query: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, int]:
+    """The query and the gallery image (resized to the query's height) side by side with a white gap
+    between them, and the gallery's x offset in the canvas."""
+    height, query_width = query.shape[:2]
+    if gallery.shape[0] != height:
+        gallery = _resize_to_height(gallery, height)
+    offset = query_width + max(1, round(height * PAIR_GAP_FRACTION))
+    canvas = np.ones((height, offset + gallery.shape[1], 3), dtype=np.float32)
+    canvas[:, :query_width] = query
+    canvas[:, offset:] = gallery
+    return canvas, offset
+
+
+def _correspondence_segments(
+    rows: np.ndarray, cols: np.ndarray, height: int, query_width: int, gallery_width: int, offset: int
+) -> np.ndarray:
+    """(h * w, 2, 2) segments [(x, y) start, (x, y) end], one per query cell in row-major order: from the
+    cell's centre in the query to its matched cell's centre in the gallery (shifted by ``offset``)."""
+    h, w = rows.shape
+    r, c = np.indices((h, w))
+    start = np.stack([(c + 0.5) * query_width / w, (r + 0.5) * height / h], axis=-1)  # (h, w, 2)
+    end = np.stack([offset + (cols + 0.5) * gallery_width / w, (rows + 0.5) * height / h], axis=-1)
+    return np.stack([start, end], axis=-2).reshape(h * w, 2, 2).astype(float)
+
+
+def _similarity_norm(similarities: np.ndarray, vmin: float | None, vmax: float | None) -> Normalize:
+    """The colour scale: ``[vmin, vmax]``, each bound defaulting to the extreme of ``similarities``."""
+    if vmin is not None and vmax is not None and vmin >= vmax:
+        raise ValueError(f"vmin must be below vmax, got vmin={vmin} and vmax={vmax}")
+    low = float(similarities.min()) if vmin is None else float(vmin)
+    high = float(similarities.max()) if vmax is None else float(vmax)
+    if low >= high:  # one similarity value only, or every value beyond the one bound given
+        if vmin is None:
+            low = high - _MIN_SIMILARITY_SPAN
+        else:
+            high = low + _MIN_SIMILARITY_SPAN
+    return Normalize(vmin=low, vmax=high)
+
+
+def plot_correspondences(
+    pairs: Sequence[tuple[ImageLike, ImageLike, CorrespondencesLike]],
+    *,
+    titles: Sequence[str] | None = None,
+    matches: Sequence[bool] | None = None,
+    top: int | None = None,
+    normalized: bool = True,
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> Figure:
+    """QAConv's correspondence maps (Liao & Shao 2020, Fig. 2): one axes per (query, gallery,
+    correspondences) pair, at most :data:`PAIRS_PER_ROW` per row.
+
+    Each axes shows the query and the gallery image side by side (the gallery resized to the query's
+    height, a white gap between) and, for each query map location, a line from the centre of its cell in
+    the query to the centre of its best gallery cell, coloured by the match's cosine similarity on a scale
+    shared by all pairs (one colorbar); stronger lines are drawn on top. A map cell (r, c) of an h x w map
+    (the shape of ``rows``) is centred at pixel ((c + 0.5) W / w, (r + 0.5) H / h) of an H x W image.
+
+    Args:
+        pairs: correspondences are any object with ``rows``, ``cols`` (integer) and ``similarity`` (h, w)
+            arrays or tensors, e.g. from :meth:`~reidbook.models.qaconv.QueryAdaptiveConv.correspondences`.
+        matches: frame each pair green (True: same identity) or red (False).
+        top: draw only each pair's ``top`` most similar correspondences (default: all).
+        normalized: tensor images are ImageNet-normalised (see :func:`to_image_array`).
+        vmin, vmax: the colour scale; default: the least and greatest similarity drawn.
+    """
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("plot_correspondences needs at least one (query, gallery, correspondences) pair")
+    for name, labels in (("titles", titles), ("matches", matches)):
+        if labels is not None and len(labels) != len(pairs):
+            raise ValueError(f"got {len(labels)} {name} for {len(pairs)} pairs")
+    if top is not None and top < 1:
+        raise ValueError(f"top must be at least 1 (or None for every location), got {top}")
+    drawn = []  # (canvas, segments, similarities) per pair, segments from weakest to strongest
+    for index, pair in enumerate(pairs):
+        if len(pair) != 3:
+            raise ValueError(f"pair {index} must be (query, gallery, correspondences), got {len(pair)} items")
+        query, gallery, correspondences = pair
+        rows, cols, similarity = _correspondence_arrays(correspondences, index)
+        query_image = to_image_array(query, normalized=normalized)
+        canvas, offset = _pair_canvas(query_image, to_image_array(gallery, normalized=normalized))
+        height, width = canvas.shape[:2]
+        segments = _correspondence_segments(rows, cols, height, query_image.shape[1], width - offset, offset)
+        order = np.argsort(-similarity.ravel(), kind="stable")[:top][::-1]  # the strongest last, on top
+        drawn.append((canvas, segments[order], similarity.ravel()[order]))
+    mappable = ScalarMappable(_similarity_norm(np.concatenate([s for *_, s in drawn]), vmin, vmax), cmap)
+    ncols = min(len(drawn), PAIRS_PER_ROW)
+    nrows = math.ceil(len(drawn) / ncols)
+    title_room = 0.3 if titles is not None else 0.0
+    cell_width = PAIR_HEIGHT * _aspect(drawn[0][0])
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(ncols * (cell_width + 0.2) + 1.2, nrows * (PAIR_HEIGHT + title_room) + 0.2),
+        squeeze=False,
+        layout="constrained",
+    )
+    flat_axes = axes.ravel()
+    for index, (ax, (canvas, segments, similarities)) in enumerate(zip(flat_axes, drawn)):
+        height, width = canvas.shape[:2]
+        _show_image(ax, canvas, extent=(0, width, height, 0))
+        lines = LineCollection(
+            segments, colors=mappable.to_rgba(similarities), linewidths=CORRESPONDENCE_LINE_WIDTH
+        )
+        ax.add_collection(lines)
+        ax.set(xlim=(0, width), ylim=(height, 0))
+        if matches is None:
+            _no_frame(ax)
+        else:
+            _frame(ax, MATCH_COLOR if matches[index] else WRONG_COLOR)
+        if titles is not None:
+            ax.set_title(titles[index], fontsize=9)
+    for ax in flat_axes[len(drawn) :]:
+        fig.delaxes(ax)
+    fig.colorbar(mappable, ax=list(flat_axes[: len(drawn)]), label=CORRESPONDENCE_LABEL, shrink=0.9)
+    return fig
 
 
 # -------------------------------------------------------------------------------------- tables and bars

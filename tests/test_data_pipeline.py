@@ -95,6 +95,60 @@ def test_transform_arguments_are_validated():
         build_transforms(8, 4, train=True, pad=-1)
 
 
+def square_bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the True pixels of a 2-D mask; asserts they fill one rectangle."""
+    rows, cols = mask.nonzero(as_tuple=True)
+    assert len(rows) > 0, "no block was pasted"
+    top, left = int(rows.min()), int(cols.min())
+    height, width = int(rows.max()) - top + 1, int(cols.max()) - left + 1
+    assert int(mask.sum()) == height * width  # filled, no holes
+    return top, left, height, width
+
+
+def test_random_block_pastes_a_white_square_after_resize_and_before_normalisation():
+    image = torch.zeros(3, 40, 20, dtype=torch.uint8)  # resized to 32 x 16: the block lives at output size
+    transform = build_transforms(
+        32, 16, train=True, flip=False, pad=0, random_erasing=0.0, random_block=1.0, normalize=False
+    )
+    torch.manual_seed(3)
+    sides = []
+    for _ in range(40):
+        out = transform(image)
+        assert out.shape == (3, 32, 16) and out.dtype == torch.float32
+        top, left, height, width = square_bounds((out == 1.0).all(dim=0))
+        assert height == width and 1 <= height <= int(0.8 * 16)  # a square, side at most 0.8 x width
+        assert top >= 0 and left >= 0 and top + height <= 32 and left + width <= 16
+        assert set(out.unique().tolist()) == {0.0, 1.0}  # exactly white on exactly black, no blur
+        sides.append(height)
+    assert len(set(sides)) > 1  # the side is drawn, not fixed
+
+
+def test_random_block_is_normalised_white():
+    image = torch.zeros(3, 32, 16, dtype=torch.uint8)
+    transform = build_transforms(32, 16, train=True, flip=False, pad=0, random_erasing=0.0, random_block=1.0)
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    white, black = (1.0 - mean) / std, (0.0 - mean) / std
+    torch.manual_seed(4)
+    for _ in range(10):
+        out = transform(image)
+        mask = torch.isclose(out, white.view(3, 1, 1), atol=1e-6).all(dim=0)  # (32, 16)
+        _, _, height, width = square_bounds(mask)
+        assert height == width <= int(0.8 * 16)
+        torch.testing.assert_close(out[:, ~mask], black.view(3, 1).expand(3, int((~mask).sum())))
+
+
+def test_random_block_only_in_training_and_its_probability_is_validated():
+    image = torch.zeros(3, 32, 16, dtype=torch.uint8)
+    test_transform = build_transforms(32, 16, train=False, random_block=1.0, normalize=False)
+    assert all(torch.equal(test_transform(image), torch.zeros(3, 32, 16)) for _ in range(10))
+    no_block = build_transforms(32, 16, train=True, flip=False, pad=0, random_erasing=0.0, normalize=False)
+    assert torch.equal(no_block(image), torch.zeros(3, 32, 16))  # random_block defaults to off
+    with pytest.raises(ValueError, match="random_block"):
+        build_transforms(32, 16, train=True, random_block=1.5)
+    with pytest.raises(ValueError, match="random_block"):
+        build_transforms(32, 16, train=True, random_block=-0.1)
+
+
 # --------------------------------------------------------------------------- sampler
 
 

@@ -23,6 +23,7 @@ from reidbook.engine import (
     seed_everything,
     warmup_multistep_factor,
 )
+from reidbook.evaluation.ranking import evaluate_rank
 
 NUM_IDS = 4
 
@@ -497,3 +498,80 @@ def test_evaluate_model_on_hand_made_embeddings(metric):
     assert "rank5" not in metrics  # the CMC curve is only max_rank=4 long
     assert metrics["mAP"] == pytest.approx(0.75)
     assert math.isclose(metrics["cmc"][1], 1.0)
+
+
+class MapMatcher(nn.Module):
+    """Eval-mode feature maps (B, 4, 8, 4) from a conv whose output changes under a horizontal flip, and a
+    bilinear pair score ``match``: neither a (negative) euclidean nor a cosine distance of the maps. It
+    records the inputs of every ``match`` call and the mode it was called in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(5)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.weight = nn.Parameter(torch.randn(4 * 8 * 4, 4 * 8 * 4, generator=g))
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.conv(img)  # (B, 4, 8, 4)
+
+    def match(self, query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+        self.calls.append((query, gallery, self.training))
+        return query.flatten(1) @ self.weight @ gallery.flatten(1).t()  # (q, g)
+
+
+def map_loaders() -> tuple[list[dict], list[dict]]:
+    """6 queries (pids 0-5, camera 0) and 18 gallery images (three per pid, camera 1), in batches."""
+    g = torch.Generator().manual_seed(9)
+
+    def batches(pids: list[int], camid: int, size: int) -> list[dict]:
+        images = torch.randn(len(pids), 3, 8, 4, generator=g)
+        return [
+            {"img": images[i : i + size], "pid": torch.tensor(pids[i : i + size]),
+             "camid": torch.full((len(pids[i : i + size]),), camid)}
+            for i in range(0, len(pids), size)
+        ]
+
+    return batches(list(range(6)), 0, 4), batches([p for p in range(6) for _ in range(3)], 1, 5)
+
+
+def test_evaluate_model_match_ranks_by_the_models_pair_scores_without_flipping():
+    torch.manual_seed(0)
+    model = MapMatcher()
+    query, gallery = map_loaders()
+    q_feats, q_pids, q_camids = extract_features(model, query, device="cpu", flip=False, progress=False)
+    g_feats, g_pids, g_camids = extract_features(model, gallery, device="cpu", flip=False, progress=False)
+    flipped_q, _, _ = extract_features(model, query, device="cpu", flip=True, progress=False)
+    assert not torch.allclose(flipped_q, q_feats)  # flip-averaging would change the maps
+    with torch.no_grad():
+        scores = model.match(q_feats, g_feats)  # (6, 18)
+    expected = evaluate_rank(-scores, q_pids, g_pids, q_camids, g_camids, max_rank=10)
+    # the data are such that the sign of the scores and the metric decide the ranking
+    assert evaluate_rank(scores, q_pids, g_pids, q_camids, g_camids, max_rank=10)["mAP"] != pytest.approx(
+        expected["mAP"]
+    )
+    euclidean = evaluate_model(model, query, gallery, metric="euclidean", flip=False, device="cpu",
+                               progress=False, max_rank=10)
+    assert euclidean["mAP"] != pytest.approx(expected["mAP"])
+    model.calls.clear()
+    model.train()
+
+    metrics = evaluate_model(model, query, gallery, metric="match", device="cpu", progress=False, max_rank=10)
+
+    assert model.training  # mode restored (flip was left at its default, True)
+    assert model.calls and not any(training for _, _, training in model.calls)  # matched in eval mode
+    for q_block, g_block, _ in model.calls:  # blocks of the plain, not flip-averaged, maps
+        assert any(torch.equal(q_block, q_feats[i : i + len(q_block)]) for i in range(len(q_feats)))
+        assert any(torch.equal(g_block, g_feats[i : i + len(g_block)]) for i in range(len(g_feats)))
+    assert metrics["mAP"] == pytest.approx(expected["mAP"])
+    assert metrics["mINP"] == pytest.approx(expected["mINP"])
+    np.testing.assert_allclose(metrics["cmc"], expected["cmc"])
+    assert metrics["rank1"] == pytest.approx(float(expected["cmc"][0]))
+
+
+def test_evaluate_model_match_needs_a_match_method_and_metrics_are_validated():
+    query, gallery = map_loaders()
+    with pytest.raises(ValueError, match=r"match\(query, gallery\)"):
+        evaluate_model(make_model(), query, gallery, metric="match", device="cpu", progress=False)
+    with pytest.raises(ValueError, match="'manhattan'"):
+        evaluate_model(MapMatcher(), query, gallery, metric="manhattan", device="cpu", progress=False)

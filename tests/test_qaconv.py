@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from reidbook.data.augment import RandomBlock, random_block
 from reidbook.evaluation.pairwise import pairwise_distance_matrix
+from reidbook.models.backbones import build_backbone
 from reidbook.models.qaconv import (
     ClassMemory,
     QAConvCriterion,
@@ -22,10 +23,16 @@ from reidbook.models.qaconv_losses import (
     ArcFaceCriterion,
     CenterHead,
     CenterLossCriterion,
+    CosineHead,
     FeatureMemoryCriterion,
     FeatureMemoryHead,
+    PooledFeatureNet,
+    SoftmaxCriterion,
+    SoftmaxHead,
     additive_angular_margin,
     build_loss_comparison,
+    build_pooled_model,
+    pooled_criterion,
 )
 
 
@@ -202,6 +209,40 @@ def test_criterion_masks_unseen_classes_and_updates_memory(small_model: QAConvNe
     small_model.matcher.train()
 
 
+def test_map_stride_8_doubles_the_map_height_and_width(small_model: QAConvNet) -> None:
+    torch.manual_seed(1)
+    fine = QAConvNet(num_classes=6, backbone="resnet18", image_size=(64, 32), map_stride=8)
+    assert small_model.map_size == (4, 2) and fine.map_size == (8, 4)
+    assert fine.matcher.fc.in_features == 2 * 8 * 4 and tuple(fine.memory.maps.shape[2:]) == (8, 4)
+    def conv_strides(model: QAConvNet) -> set[tuple[int, int]]:
+        return {m.stride for m in model.backbone[-1].modules() if isinstance(m, torch.nn.Conv2d)}  # stage 3
+
+    assert conv_strides(fine) == {(1, 1)} and (2, 2) in conv_strides(small_model)
+    fine.eval()
+    with torch.no_grad():
+        maps = fine(torch.randn(2, 3, 64, 32))
+    assert maps.shape == (2, 128, 8, 4)
+    torch.testing.assert_close(maps.norm(dim=1), torch.ones(2, 8, 4))
+
+
+@pytest.mark.parametrize("map_stride", [4, 32, 1])
+def test_invalid_map_stride_is_rejected(map_stride: int) -> None:
+    with pytest.raises(ValueError, match="map_stride"):
+        QAConvNet(num_classes=2, backbone="resnet18", image_size=(64, 32), map_stride=map_stride)
+
+
+def test_match_is_the_matchers_logits(small_model: QAConvNet) -> None:
+    randomise_head(small_model.matcher, seed=21)
+    query, gallery = unit_maps(3, d=128, h=4, w=2, seed=22), unit_maps(5, d=128, h=4, w=2, seed=23)
+    with torch.no_grad():
+        logits = small_model.match(query, gallery)
+        expected = small_model.matcher.logits(query, gallery)
+    assert logits.shape == (3, 5)
+    torch.testing.assert_close(logits, expected)
+    assert logits.std() > 0  # a non-trivial head: the check is not one between two constants
+    small_model.matcher.train()
+
+
 # ------------------------------------------------------------------------------------------ Random Block
 
 
@@ -296,3 +337,53 @@ def test_loss_comparison_models_train_one_step(loss: str) -> None:
     model.eval()
     embedding = model(batch["img"])
     torch.testing.assert_close(embedding.norm(dim=1), torch.ones(4))
+
+
+HEADS = {"softmax": SoftmaxHead, "arc": CosineHead, "center": CenterHead, "memory": FeatureMemoryHead}
+CRITERIA = {
+    "softmax": SoftmaxCriterion,
+    "arc": ArcFaceCriterion,
+    "center": CenterLossCriterion,
+    "memory": FeatureMemoryCriterion,
+}
+
+
+@pytest.mark.parametrize("loss", TABLE2_LOSSES)
+def test_pooled_model_and_criterion_fit_each_other(loss: str) -> None:
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet18")
+    model = build_pooled_model(loss, 5, backbone)
+    assert isinstance(model, PooledFeatureNet) and model.backbone is backbone
+    assert type(model.head) is HEADS[loss]
+    criterion = pooled_criterion(loss, model)
+    assert type(criterion) is CRITERIA[loss]
+    batch = {"img": torch.randn(4, 3, 32, 16), "pid": torch.tensor([0, 3, 3, 1])}
+    terms = criterion(model(batch["img"]), batch)
+    assert all(torch.isfinite(t) for t in terms.values())
+
+
+def test_stateful_pooled_criteria_are_bound_to_the_models_head() -> None:
+    torch.manual_seed(0)
+    batch = {"img": torch.randn(4, 3, 32, 16), "pid": torch.tensor([0, 3, 3, 1])}
+
+    memory_model = build_pooled_model("memory", 5, "resnet18")
+    memory_criterion = pooled_criterion("memory", memory_model)
+    assert memory_criterion.head is memory_model.head
+    memory_criterion(memory_model(batch["img"]), batch)
+    assert memory_model.head.seen.tolist() == [True, True, False, True, False]  # the model's memory
+
+    center_model = build_pooled_model("center", 5, "resnet18")
+    center_criterion = pooled_criterion("center", center_model)
+    assert center_criterion.head is center_model.head
+    center_criterion(center_model(batch["img"]), batch)["center"].backward()
+    grad = center_model.head.centers.grad
+    assert grad is not None
+    assert grad[[0, 1, 3]].abs().sum(dim=1).gt(0).all() and grad[[2, 4]].eq(0).all()  # the model's centres
+
+
+def test_unknown_pooled_loss_is_rejected() -> None:
+    with pytest.raises(ValueError, match="softmax"):
+        build_pooled_model("triplet", 5, "resnet18")
+    model = build_pooled_model("softmax", 5, "resnet18")
+    with pytest.raises(ValueError, match="'triplet'"):
+        pooled_criterion("triplet", model)

@@ -1,5 +1,7 @@
 """Figures and tables of reidbook.viz: what each draws is checked against hand-computed expectations."""
 
+from types import SimpleNamespace
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -10,6 +12,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -19,6 +22,7 @@ from reidbook.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from reidbook.engine import History  # noqa: E402
 from reidbook.evaluation.ranking import evaluate_rank  # noqa: E402
 from reidbook.models.baseline import Baseline  # noqa: E402
+from reidbook.models.qaconv import Correspondences, QueryAdaptiveConv  # noqa: E402
 
 H, W = 64, 32
 
@@ -341,6 +345,128 @@ def test_plot_gradcam_one_row_per_image_one_column_per_model():
     np.testing.assert_allclose(axes[1, 1].images[1].get_array(), cams["baseline"][1])
     with pytest.raises(ValueError, match="baseline"):
         viz.plot_gradcam(images, {"baseline": np.zeros((2, H, W))})
+
+
+# ----------------------------------------------------------------------------- QAConv correspondences
+# A 4 x 2 map on 64 x 32 images: 16 x 16 pixel cells. Query cell i (row-major) matches gallery cell PERM[i].
+PERM = np.array([5, 2, 7, 0, 3, 6, 1, 4])
+SIMS = np.array([0.1, 0.8, -0.3, 0.5, 0.9, 0.0, 0.6, 0.2])
+GALLERY_X = 36  # the query's width 32 + the white gap (64 / 16 = 4 pixels)
+
+
+def hand_built(similarity: np.ndarray = SIMS) -> Correspondences:
+    return Correspondences(
+        rows=torch.from_numpy(PERM // 2).view(4, 2),
+        cols=torch.from_numpy(PERM % 2).view(4, 2),
+        similarity=torch.from_numpy(similarity).float().view(4, 2),
+    )
+
+
+def expected_segments(cells: np.ndarray) -> np.ndarray:
+    """The segments of query cells ``cells`` (flat indices): query cell centre -> matched gallery centre."""
+    start = np.stack([(cells % 2 + 0.5) * 16, (cells // 2 + 0.5) * 16], axis=-1)
+    end = np.stack([GALLERY_X + (PERM[cells] % 2 + 0.5) * 16, (PERM[cells] // 2 + 0.5) * 16], axis=-1)
+    return np.stack([start, end], axis=1)
+
+
+def pair_lines(ax) -> LineCollection:
+    (lines,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    return lines
+
+
+def test_plot_correspondences_joins_query_cell_centres_to_gallery_cell_centres():
+    query, gallery = tiny_image(0), tiny_image(1)
+    fig = viz.plot_correspondences([(query, gallery, hand_built())])
+    ax = fig.axes[0]
+    by_similarity = np.argsort(SIMS)  # the weakest first: the strongest is drawn on top
+    np.testing.assert_array_equal(np.array(pair_lines(ax).get_segments()), expected_segments(by_similarity))
+    canvas = ax.images[0].get_array()
+    assert canvas.shape == (H, GALLERY_X + W, 3)
+    np.testing.assert_allclose(canvas[:, :W], query / 255, atol=1e-6)
+    np.testing.assert_array_equal(canvas[:, W:GALLERY_X], 1.0)  # the white gap
+    np.testing.assert_allclose(canvas[:, GALLERY_X:], gallery / 255, atol=1e-6)
+    assert ax.images[0].get_extent() == [0, GALLERY_X + W, H, 0]  # pixel edges on integers
+
+    # a gallery twice the size is resized to the query's height: the same cell centres
+    big = np.repeat(np.repeat(gallery, 2, axis=0), 2, axis=1)  # (128, 64, 3)
+    resized = viz.plot_correspondences([(query, big, hand_built())])
+    assert resized.axes[0].images[0].get_array().shape == (H, GALLERY_X + W, 3)
+    np.testing.assert_array_equal(
+        np.array(pair_lines(resized.axes[0]).get_segments()), expected_segments(by_similarity)
+    )
+
+
+def test_plot_correspondences_of_query_adaptive_conv():
+    torch.manual_seed(0)
+    query_map = F.normalize(torch.randn(64, 4, 2), dim=0)
+    gallery_flat = torch.empty(64, 8)
+    gallery_flat[:, torch.from_numpy(PERM)] = query_map.flatten(1)  # gallery cell PERM[i] = query cell i
+    found = QueryAdaptiveConv((4, 2)).correspondences(query_map, gallery_flat.view(64, 4, 2))
+    images = torch.randn(2, 3, H, W)  # ImageNet-normalised
+    fig = viz.plot_correspondences([(images[0], images[1], found)])
+    segments = np.array(pair_lines(fig.axes[0]).get_segments())
+    np.testing.assert_array_equal(np.sort(segments, axis=0), np.sort(expected_segments(np.arange(8)), axis=0))
+
+
+def test_plot_correspondences_top_draws_the_most_similar():
+    fig = viz.plot_correspondences([(tiny_image(0), tiny_image(1), hand_built())], top=3)
+    segments = np.array(pair_lines(fig.axes[0]).get_segments())
+    assert segments.shape == (3, 2, 2)
+    np.testing.assert_array_equal(segments, expected_segments(np.array([6, 1, 4])))  # 0.6, 0.8, 0.9
+    every = viz.plot_correspondences([(tiny_image(0), tiny_image(1), hand_built())], top=100)
+    assert len(pair_lines(every.axes[0]).get_segments()) == 8
+
+
+def test_plot_correspondences_colours_follow_similarity_on_a_shared_scale():
+    viridis = plt.get_cmap("viridis")
+    cells = PERM.reshape(4, 2)  # duck-typed numpy correspondences at half the similarity
+    weaker = SimpleNamespace(rows=cells // 2, cols=cells % 2, similarity=SIMS.reshape(4, 2) / 2)
+    pairs = [(tiny_image(0), tiny_image(1), hand_built()), (tiny_image(2), tiny_image(3), weaker)]
+    fig = viz.plot_correspondences(pairs, titles=["same", "different"], matches=[True, False])
+    strong, weak = (pair_lines(ax).get_colors() for ax in fig.axes[:2])
+    np.testing.assert_allclose(strong[-1], viridis(1.0))  # the highest similarity (0.9) gets vmax's colour
+    np.testing.assert_allclose(strong[0], viridis(0.0))  # the lowest (-0.3) vmin's
+    np.testing.assert_allclose(weak[-1], viridis((0.45 + 0.3) / 1.2))  # the scale is shared by both pairs
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["same", "different"]
+    assert frame_color(fig.axes[0]) == to_rgba(viz.MATCH_COLOR)
+    assert frame_color(fig.axes[1]) == to_rgba(viz.WRONG_COLOR)
+    assert len(fig.axes) == 3 and fig.axes[2].get_ylabel() == "cosine similarity of the matched locations"
+
+    magma = plt.get_cmap("magma")
+    fixed = viz.plot_correspondences(pairs[:1], cmap="magma", vmin=-1, vmax=1)
+    np.testing.assert_allclose(pair_lines(fixed.axes[0]).get_colors(), magma((np.sort(SIMS) + 1) / 2))
+
+
+def test_plot_correspondences_lays_out_at_most_four_pairs_per_row():
+    pairs = [(tiny_image(i), tiny_image(i + 1), hand_built()) for i in range(6)]
+    fig = viz.plot_correspondences(pairs)
+    image_axes = fig.axes[:-1]  # the last is the colorbar
+    assert len(image_axes) == 6
+    assert len({ax.get_position().x0 for ax in image_axes}) == 4
+    assert len({round(ax.get_position().y0, 6) for ax in image_axes}) == 2
+
+
+def test_plot_correspondences_rejects_bad_inputs():
+    query, gallery = tiny_image(0), tiny_image(1)
+    good = hand_built()
+    cases = [
+        ([], {}, "at least one"),
+        ([(query, gallery)], {}, r"\(query, gallery, correspondences\)"),
+        ([(query, gallery, good)], {"titles": ["a", "b"]}, "2 titles for 1 pairs"),
+        ([(query, gallery, good)], {"matches": []}, "0 matches for 1 pairs"),
+        ([(query, gallery, good)], {"top": 0}, "top must be at least 1"),
+        ([(query, gallery, good)], {"vmin": 0.5, "vmax": 0.5}, "vmin must be below vmax"),
+        ([(query, gallery, good._replace(cols=good.cols[:2]))], {}, "one shape"),
+        ([(query, gallery, good._replace(similarity=good.similarity.flatten()))], {}, "one shape"),
+        ([(query, gallery, good._replace(rows=good.rows.float()))], {}, "integer"),
+        ([(query, gallery, good._replace(rows=good.rows + 1))], {}, "4 x 2 map"),
+        ([(query, gallery, good._replace(similarity=good.similarity * np.nan))], {}, "non-finite"),
+    ]
+    for pairs, options, message in cases:
+        with pytest.raises(ValueError, match=message):
+            viz.plot_correspondences(pairs, **options)
+    with pytest.raises(TypeError, match="similarity"):
+        viz.plot_correspondences([(query, gallery, SimpleNamespace(rows=good.rows, cols=good.cols))])
 
 
 # ------------------------------------------------------------------------------------------ tables

@@ -104,7 +104,7 @@ def build_train_loader(
 ) -> DataLoader:
     """Training loader: P x K identity batches (:class:`RandomIdentitySampler`, reachable as
     ``loader.sampler`` with ``set_epoch``) of augmented images; ``augment`` goes to :func:`build_transforms`
-    (``flip``, ``pad``, ``random_erasing``, ``normalize``)."""
+    (``flip``, ``pad``, ``random_erasing``, ``random_block``, ``normalize``)."""
     transform = build_transforms(height, width, train=True, **augment)
     dataset = ImageDataset(records, transform, cache=cache, cache_size=(height, width))
     sampler = RandomIdentitySampler([r.pid for r in records], batch_size, num_instances, seed)

@@ -1,5 +1,6 @@
 """Image transforms of the strong baseline (Luo et al. 2019, Sec. 3): resize, random horizontal flip,
-zero-pad and random crop, ImageNet normalisation and random erasing (Zhong et al. 2020).
+zero-pad and random crop, ImageNet normalisation and random erasing (Zhong et al. 2020), or QAConv's
+Random Block (Liao & Shao 2020, Section 5.1).
 
 The transforms work on uint8 image tensors (3, H, W) -- the form in which :class:`ImageDataset`
 caches decoded images -- with :mod:`torchvision.transforms.v2`, and return float tensors (3, h, w).
@@ -15,6 +16,8 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
+from .augment import RandomBlock
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -29,6 +32,7 @@ def build_transforms(
     flip: bool = True,
     pad: int = 10,
     random_erasing: float = 0.5,
+    random_block: float = 0.0,
     normalize: bool = True,
 ) -> Transform:
     """The baseline's transform for training (``train=True``) or testing (resize + normalise only).
@@ -39,6 +43,8 @@ def build_transforms(
         pad: zero padding on each side before a random ``height x width`` crop; 0 disables it.
         random_erasing: probability of erasing a random rectangle (2%-33% of the area, aspect ratio
             0.3-3.3) with the ImageNet mean colour; 0 disables it.
+        random_block: probability of pasting a white square of side up to 0.8 x width at a random
+            position (QAConv's Random Block); 0 disables it.
         normalize: subtract the ImageNet mean and divide by its standard deviation.
 
     Returns a callable mapping a uint8 image tensor (3, H, W) to a float32 tensor (3, height, width).
@@ -49,12 +55,16 @@ def build_transforms(
         raise ValueError(f"pad must be >= 0, got {pad}")
     if not 0.0 <= random_erasing <= 1.0:
         raise ValueError(f"random_erasing is a probability in [0, 1], got {random_erasing}")
+    if not 0.0 <= random_block <= 1.0:
+        raise ValueError(f"random_block is a probability in [0, 1], got {random_block}")
     steps: list[Transform] = [v2.Resize((height, width), antialias=True)]
     if train and flip:
         steps.append(v2.RandomHorizontalFlip(0.5))
     if train and pad > 0:
         steps.append(v2.RandomCrop((height, width), padding=pad, fill=0))
     steps.append(v2.ToDtype(torch.float32, scale=True))
+    if train and random_block > 0:
+        steps.append(RandomBlock(max_frac=0.8, p=random_block))  # white = 1.0 before normalisation
     if normalize:
         steps.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
     if train and random_erasing > 0:

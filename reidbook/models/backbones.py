@@ -134,7 +134,7 @@ def cached_weights(arch: str, pretrained: bool) -> tvm.WeightsEnum | None:
     return None
 
 
-def _make_stride_one(block: nn.Module) -> None:
+def make_stride_one(block: nn.Module) -> None:
     """Set every stride-2 convolution or pooling in ``block`` to stride 1 (the last-stride trick)."""
     for module in block.modules():
         if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
@@ -153,7 +153,7 @@ def _strides(last_stride: int) -> list[int]:
 def _resnet(arch: str, pretrained: bool, last_stride: int) -> Backbone:
     net = getattr(tvm, arch)(weights=cached_weights(arch, pretrained))
     if last_stride == 1:
-        _make_stride_one(net.layer4[0])
+        make_stride_one(net.layer4[0])
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)  # stride 4
     stages = [net.layer1, net.layer2, net.layer3, net.layer4]
     top = net.fc.in_features  # 512 (BasicBlock) or 2048 (Bottleneck); channels double at each stage
@@ -205,7 +205,7 @@ def mobilenet_v2(pretrained: bool = False, last_stride: int = 1) -> Backbone:
     convolution and inverted residual, the stages end at strides 4/8/16/32 with 24/32/96/1280 channels."""
     features = tvm.mobilenet_v2(weights=cached_weights("mobilenet_v2", pretrained)).features
     if last_stride == 1:
-        _make_stride_one(features[14])
+        make_stride_one(features[14])
     stem = features[0:2]
     stages = [features[2:4], features[4:7], features[7:14], features[14:19]]
     return Backbone(stem, stages, [24, 32, 96, 1280], _strides(last_stride))

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..losses import binary_focal_loss
-from .backbones import Backbone, build_backbone
+from .backbones import Backbone, build_backbone, make_stride_one
 from .baseline import param_groups
 
 FEATURE_STAGE = 2  # index of backbone stage 3 ("layer3" of a ResNet)
@@ -226,6 +226,8 @@ class QAConvNet(nn.Module):
         num_classes: training identities (rows of the class memory).
         backbone: a registered backbone name or a :class:`Backbone` (only its stem and stages 1-3 are kept).
         image_size: (H, W) of the input images; fixes the map size h x w (e.g. 24 x 8 for 384 x 128).
+        map_stride: 16 keeps stage 3 as it is (the paper); 8 removes stage 3's downsampling, which doubles
+            the map's height and width (8 x 4 maps from 64 x 32 images, the book's CPU setting).
         channels: neck channels (128 in the paper).
         neck_kernel: 3 (authors' code, default) or 1 (paper text).
         pretrained: ImageNet weights for a backbone given by name.
@@ -240,12 +242,18 @@ class QAConvNet(nn.Module):
         image_size: tuple[int, int] = (384, 128),
         channels: int = 128,
         neck_kernel: int = 3,
+        map_stride: int = 16,
         pretrained: bool = False,
         pairs_per_chunk: int = 2048,
     ) -> None:
         super().__init__()
+        if map_stride not in (8, 16):
+            raise ValueError(f"map_stride must be 16 (stage 3 as is) or 8 (stage 3 at stride 1), "
+                             f"got {map_stride}")
         if isinstance(backbone, str):
             backbone = build_backbone(backbone, pretrained=pretrained)
+        if map_stride == 8:
+            make_stride_one(backbone.stages[FEATURE_STAGE])
         self.backbone = nn.Sequential(backbone.stem, *backbone.stages[: FEATURE_STAGE + 1])
         self.neck = FeatureMapNeck(backbone.out_channels[FEATURE_STAGE], channels, neck_kernel)
         self.map_size = self._probe_map_size(image_size)
@@ -270,6 +278,11 @@ class QAConvNet(nn.Module):
                 f"built for {self.map_size} maps; pass image_size= matching the data"
             )
         return {"fmap": fmap} if self.training else fmap
+
+    def match(self, query: Tensor, gallery: Tensor) -> Tensor:
+        """(q, g) matching logits of two sets of maps: the pair-scoring path of
+        :func:`reidbook.engine.evaluate_model` (``metric="match"``)."""
+        return self.matcher.logits(query, gallery)
 
     def param_groups(self, base_lr: float, backbone_lr_mult: float = 0.1) -> list[dict]:
         """The paper's learning rates (Section 5.1): backbone at 0.1x the new layers' rate."""

@@ -17,7 +17,8 @@ keep it) plus a *criterion* following the engine's contract ``criterion(outputs,
   assumption: the paper only says the same Eq. 1 is applied to the cosines; a raw cosine in [-1, 1]
   would give sigmoid probabilities confined to [0.27, 0.73]), focal BCE over the seen classes.
 
-:func:`build_loss_comparison` builds the (model, criterion) pair for one of :data:`TABLE2_LOSSES`.
+:func:`build_loss_comparison` builds the (model, criterion) pair for one of :data:`TABLE2_LOSSES`
+(:func:`build_pooled_model` and :func:`pooled_criterion` separately).
 """
 
 from __future__ import annotations
@@ -223,20 +224,41 @@ def build_loss_comparison(
     last_stride: int = 2,
 ) -> tuple[PooledFeatureNet, nn.Module]:
     """``(model, criterion)`` for one row of Table 2: ``loss`` in :data:`TABLE2_LOSSES`."""
-    if loss not in TABLE2_LOSSES:
-        raise ValueError(f"loss must be one of {TABLE2_LOSSES}, got {loss!r}")
+    model = build_pooled_model(loss, num_classes, backbone, pretrained=pretrained, last_stride=last_stride)
+    return model, pooled_criterion(loss, model)
+
+
+def build_pooled_model(
+    loss: str,
+    num_classes: int,
+    backbone: str | Backbone = "resnet50",
+    *,
+    pretrained: bool = False,
+    last_stride: int = 2,
+) -> PooledFeatureNet:
+    """The :class:`PooledFeatureNet` with the head that ``loss`` (one of :data:`TABLE2_LOSSES`) trains."""
+    _check_loss(loss)
     if isinstance(backbone, str):
         backbone = build_backbone(backbone, pretrained=pretrained, last_stride=last_stride)
     dim = backbone.feature_dim
+    heads = {"softmax": SoftmaxHead, "arc": CosineHead, "center": CenterHead}
+    head = FeatureMemoryHead(dim, num_classes) if loss == "memory" else heads[loss](dim, num_classes)
+    return PooledFeatureNet(head, backbone)
+
+
+def pooled_criterion(loss: str, model: PooledFeatureNet) -> nn.Module:
+    """The criterion of ``loss`` for a model from :func:`build_pooled_model` (bound to its head where the
+    loss keeps state: the centres, the feature memory)."""
+    _check_loss(loss)
     if loss == "softmax":
-        head: nn.Module = SoftmaxHead(dim, num_classes)
-        criterion: nn.Module = SoftmaxCriterion()
-    elif loss == "arc":
-        head, criterion = CosineHead(dim, num_classes), ArcFaceCriterion()
-    elif loss == "center":
-        head = CenterHead(dim, num_classes)
-        criterion = CenterLossCriterion(head)
-    else:
-        head = FeatureMemoryHead(dim, num_classes)
-        criterion = FeatureMemoryCriterion(head)
-    return PooledFeatureNet(head, backbone), criterion
+        return SoftmaxCriterion()
+    if loss == "arc":
+        return ArcFaceCriterion()
+    if loss == "center":
+        return CenterLossCriterion(model.head)
+    return FeatureMemoryCriterion(model.head)
+
+
+def _check_loss(loss: str) -> None:
+    if loss not in TABLE2_LOSSES:
+        raise ValueError(f"loss must be one of {TABLE2_LOSSES}, got {loss!r}")
