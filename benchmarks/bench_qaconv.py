@@ -7,7 +7,7 @@ and chunk size this prints pairs per second, the peak memory growth of the call 
 child, as in ``bench_evaluation.py``) and the time that rate implies for Market-1501's test set
 (3,368 x 15,913 pairs). TLift is timed on a Market-1501-sized random score matrix.
 
-    python benchmarks/bench_qaconv.py --threads 2 [--skip-tlift]
+    python benchmarks/bench_qaconv.py --threads 2 [--map-sizes 8x4 24x8] [--skip-tlift]
 """
 
 from __future__ import annotations
@@ -23,9 +23,18 @@ from reidbook.evaluation import euclidean_distance, pairwise_distance_matrix, tl
 from reidbook.models.qaconv import QueryAdaptiveConv
 
 MARKET_PAIRS = 3368 * 15913
-MAP_SIZES = ((4, 2), (8, 4), (24, 8))
+MAP_SIZES = ("4x2", "8x4", "24x8")
 CHUNKS = (512, 2048, 8192)
 CHANNELS = 128
+
+
+def map_size_arg(text: str) -> tuple[int, int]:
+    """'8x4' -> (8, 4)."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a map size is HxW, e.g. 8x4; got {text!r}") from None
+    return height, width
 
 
 def random_maps(count: int, map_size: tuple[int, int], seed: int) -> torch.Tensor:
@@ -68,10 +77,12 @@ def row(name: str, seconds: float, peak_mib: float, pairs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--map-sizes", nargs="+", default=MAP_SIZES, type=map_size_arg, metavar="HxW")
     parser.add_argument("--skip-tlift", action="store_true")
     args = parser.parse_args()
     print(f"QAConv matching, {CHANNELS} channels, {args.threads} threads (CPU)")
-    for map_size in MAP_SIZES:
+    for map_size in args.map_sizes:
+        map_size = map_size_arg(map_size) if isinstance(map_size, str) else map_size
         hw = map_size[0] * map_size[1]
         num_g = max(256, 2_000_000 // hw**2)  # about the same work for every map size
         for chunk in CHUNKS:
