@@ -137,20 +137,21 @@ PROFILES: dict[str, Profile] = {
         world={"world_size": "small"},
         seeds=(0,),
     ),
-    # Measured on an idle 2-core machine: ResNet-18 trains at ~320 img/s at 64x32 with batches of 64
-    # (~190 img/s with batches of 32), so an epoch of the default world (~4,000 images) takes ~13 s and a
-    # 16-epoch run 3-4 minutes with its evaluations.
+    # Measured on 2 cores: the strong baseline (ResNet-18, last stride 1) trains at 210-270 img/s at 64x32
+    # with batches of 64 (the machine's speed varies by about 30% between days), so an epoch of the default
+    # world (~3,700 images) takes 14-18 s and a 10-epoch run 2.5-3.5 minutes with its evaluations. Ten
+    # epochs keep the whole book within its hour on the slower days.
     "cpu": Profile(
         name="cpu",
         backbone="resnet18",
         height=64,
         width=32,
-        epochs=16,
+        epochs=10,
         batch_p=16,
         batch_k=4,
         warmup_epochs=1,
-        milestones=(12,),
-        eval_every=4,
+        milestones=(8,),
+        eval_every=5,
         world={},
         seeds=(0, 1),
     ),
