@@ -23,7 +23,7 @@ from reidbook.evaluation import euclidean_distance, pairwise_distance_matrix, tl
 from reidbook.models.qaconv import QueryAdaptiveConv
 
 MARKET_PAIRS = 3368 * 15913
-MAP_SIZES = ("4x2", "8x4", "24x8")
+MAP_SIZES = ((4, 2), (8, 4), (24, 8))
 CHUNKS = (512, 2048, 8192)
 CHANNELS = 128
 
@@ -82,7 +82,6 @@ def main() -> None:
     args = parser.parse_args()
     print(f"QAConv matching, {CHANNELS} channels, {args.threads} threads (CPU)")
     for map_size in args.map_sizes:
-        map_size = map_size_arg(map_size) if isinstance(map_size, str) else map_size
         hw = map_size[0] * map_size[1]
         num_g = max(256, 2_000_000 // hw**2)  # about the same work for every map size
         for chunk in CHUNKS:
