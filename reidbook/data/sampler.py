@@ -5,7 +5,8 @@ so that each image in the batch has positives and negatives for the batch-hard t
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -108,3 +109,137 @@ class _InstancePool:
             self.pool = np.concatenate([self.pool, fresh[~np.isin(fresh, self.pool)]])
         taken, self.pool = self.pool[: self.k], self.pool[self.k :]
         return taken
+
+
+# ---------------------------------------------------------------------------- streams switched per batch
+class BatchStream(Protocol):
+    """An endless source of batches of dataset indices drawn from the generator it is given."""
+
+    def batches(self, rng: np.random.Generator) -> Iterator[list[int]]: ...
+
+
+class RandomBatches:
+    """Uniformly random mini-batches of ``batch_size`` distinct indices out of ``0..num_samples-1``: the
+    indices in a shuffled order cut into batches; the last incomplete batch is dropped and a new shuffle
+    starts, so the stream never ends."""
+
+    def __init__(self, num_samples: int, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_samples < batch_size:
+            raise ValueError(f"a batch of {batch_size} needs as many samples, the data hold {num_samples}")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+
+    def batches(self, rng: np.random.Generator) -> Iterator[list[int]]:
+        while True:
+            order = rng.permutation(self.num_samples)
+            for start in range(0, self.num_samples - self.batch_size + 1, self.batch_size):
+                yield order[start : start + self.batch_size].tolist()
+
+
+class IdentityBalancedBatches:
+    """Batches of ``num_identities`` distinct identities x ``num_instances`` distinct images of each.
+
+    Identities with fewer than ``num_instances`` images are skipped: they are never drawn (no sampling
+    with replacement); a printed message, ``skipped_pids`` / ``num_skipped`` and the ``repr`` say which
+    and how many.
+    Identities are visited in shuffled rounds and each hands out its images from a shuffled pool, as in
+    :class:`RandomIdentitySampler`.
+    """
+
+    def __init__(self, pids: Sequence[int], num_identities: int, num_instances: int) -> None:
+        if num_identities < 1 or num_instances < 1:
+            raise ValueError(
+                f"num_identities and num_instances must be >= 1, got {num_identities} and {num_instances}"
+            )
+        indices_of: dict[int, list[int]] = defaultdict(list)
+        for index, pid in enumerate(pids):
+            indices_of[int(pid)].append(index)
+        self.num_identities = num_identities
+        self.num_instances = num_instances
+        self.skipped_pids = sorted(p for p, idx in indices_of.items() if len(idx) < num_instances)
+        self.num_skipped = len(self.skipped_pids)
+        self.pids = sorted(p for p, idx in indices_of.items() if len(idx) >= num_instances)
+        self.indices_of = {pid: np.asarray(indices_of[pid]) for pid in self.pids}
+        if self.skipped_pids:
+            print(f"{self!r}; first skipped ones: {self.skipped_pids[:5]}", flush=True)
+        if len(self.pids) < num_identities:
+            raise ValueError(
+                f"a batch needs {num_identities} identities with at least {num_instances} images each, but "
+                f"only {len(self.pids)} of the {len(indices_of)} identities have that many"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.num_identities} identities x {self.num_instances} images; "
+            f"{self.num_skipped} of {self.num_skipped + len(self.pids)} identities skipped: fewer than "
+            f"{self.num_instances} images)"
+        )
+
+    def batches(self, rng: np.random.Generator) -> Iterator[list[int]]:
+        pools = {pid: _InstancePool(idx, self.num_instances, rng) for pid, idx in self.indices_of.items()}
+        order = _IdentityOrder(self.pids, rng)
+        while True:
+            yield [i for pid in order.take(self.num_identities) for i in pools[pid].take().tolist()]
+
+
+class SwitchingBatchSampler(Sampler[list[int]]):
+    """A batch sampler (``DataLoader(batch_sampler=...)``) whose every batch comes from one of several
+    named :class:`BatchStream` s: batch ``index`` of epoch ``epoch`` comes from the stream that
+    ``chooser(epoch, index)`` names at the moment the batch is drawn (``default`` without a chooser).
+
+    A training hook can thus pick the stream of the next batch, provided the DataLoader asks for batches
+    one at a time, as it does with ``num_workers=0``. Each stream draws from its own generator seeded by
+    ``(seed, epoch, position of the stream in streams)`` and advances only when it is chosen: the same
+    choices give the same batches, so replaying an epoch's choices replays its batches. ``drawn`` lists
+    the streams of the batches drawn so far in the current iteration. ``set_epoch`` picks the epoch;
+    without it, each new iteration moves on to the next epoch.
+    """
+
+    def __init__(
+        self, streams: Mapping[str, BatchStream], num_batches: int, *, default: str, seed: int = 0
+    ) -> None:
+        if not streams:
+            raise ValueError("streams must name at least one batch stream")
+        if default not in streams:
+            raise ValueError(f"default must be one of the streams {sorted(streams)}, got {default!r}")
+        if num_batches < 1:
+            raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+        self.streams = dict(streams)
+        self.num_batches = num_batches
+        self.default = default
+        self.seed = seed
+        self.epoch = 0
+        self.chooser: Callable[[int, int], str] | None = None
+        self.drawn: list[str] = []
+
+    def set_chooser(self, chooser: Callable[[int, int], str] | None) -> None:
+        """``chooser(epoch, index) -> stream name``, asked before each batch; ``None``: the default."""
+        self.chooser = chooser
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the next iteration from epoch ``epoch``'s random streams."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch = self.epoch
+        self.epoch += 1
+        self.drawn = []
+        position = {name: i for i, name in enumerate(self.streams)}
+        running: dict[str, Iterator[list[int]]] = {}
+        for index in range(self.num_batches):
+            name = self.default if self.chooser is None else self.chooser(epoch, index)
+            if name not in self.streams:
+                raise ValueError(
+                    f"the chooser named stream {name!r} for batch {index} of epoch {epoch}; "
+                    f"expected one of {sorted(self.streams)}"
+                )
+            if name not in running:
+                rng = np.random.default_rng([self.seed, epoch, position[name]])
+                running[name] = self.streams[name].batches(rng)
+            self.drawn.append(name)
+            yield next(running[name])
