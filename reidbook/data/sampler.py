@@ -243,3 +243,94 @@ class SwitchingBatchSampler(Sampler[list[int]]):
                 running[name] = self.streams[name].batches(rng)
             self.drawn.append(name)
             yield next(running[name])
+
+
+class CrossModalityIdentitySampler(Sampler[int]):
+    """Identity-balanced cross-modality sampling (Ye et al., DDAG, ECCV 2020, Section 3.3): every batch
+    holds ``n = num_pids`` identities with ``m = num_instances`` visible and ``m`` infrared images each,
+    ``K = 2mn`` images in all. Use it as a DataLoader ``sampler`` with ``batch_size = sampler.batch_size``
+    (``2mn``) and ``drop_last=True``; the batches of one epoch are concatenated.
+
+    Within a batch the ``mn`` visible images come first (identity by identity, ``m`` each), then the
+    ``mn`` infrared ones in the same identity order. Identities are visited as in
+    :class:`RandomIdentitySampler` (shuffled, ``n`` distinct ones per batch, reshuffled when exhausted)
+    and each (identity, modality) keeps its own shuffled pool of images (random repeats when it has
+    fewer than ``m``). An epoch is about one pass over the larger modality:
+    ``max over modalities of (sum over identities of max(n_images, m) // m) // n`` batches. Identities
+    lacking one of the two modalities cannot be sampled and are skipped, with a printed message saying
+    how many.
+
+    Randomness comes from a generator seeded by ``(seed, epoch)``, so a resumed run draws the batches of
+    an uninterrupted one; ``set_epoch`` picks the epoch, without it each new iteration moves to the next.
+
+    Args:
+        pids: the identity of every dataset index.
+        modalities: the modality code of every dataset index, 0 (visible) or 1 (infrared), the codes of
+            the batches' ``"modality"`` (``reidbook.data.loader.MODALITY_CODES`` maps records' names).
+        num_pids: identities per batch, ``n``.
+        num_instances: images per identity and modality, ``m``.
+    """
+
+    def __init__(
+        self,
+        pids: Sequence[int],
+        modalities: Sequence[int],
+        num_pids: int,
+        num_instances: int,
+        seed: int = 0,
+    ) -> None:
+        if len(pids) != len(modalities):
+            raise ValueError(
+                f"pids and modalities must have one entry per image, got {len(pids)} and {len(modalities)}"
+            )
+        if num_pids < 1 or num_instances < 1:
+            raise ValueError(f"num_pids and num_instances must be >= 1, got {num_pids} and {num_instances}")
+        codes = sorted({int(m) for m in modalities} - {0, 1})
+        if codes:
+            raise ValueError(f"modalities must be 0 (visible) or 1 (infrared), got the codes {codes}")
+        self.num_pids = num_pids
+        self.num_instances = num_instances
+        self.batch_size = 2 * num_pids * num_instances
+        self.seed = seed
+        self.epoch = 0
+        indices_of: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, (pid, modality) in enumerate(zip(pids, modalities)):
+            indices_of[int(pid), int(modality)].append(index)
+        all_pids = {pid for pid, _ in indices_of}
+        self.pids = sorted(p for p in all_pids if (p, 0) in indices_of and (p, 1) in indices_of)
+        self.skipped_pids = sorted(all_pids - set(self.pids))
+        if self.skipped_pids:
+            print(
+                f"CrossModalityIdentitySampler: skipping {len(self.skipped_pids)} of {len(all_pids)} "
+                f"identities that lack visible or infrared images (first ones: {self.skipped_pids[:5]})",
+                flush=True,
+            )
+        if len(self.pids) < num_pids:
+            raise ValueError(
+                f"a batch needs {num_pids} identities with both modalities but the data hold only "
+                f"{len(self.pids)}"
+            )
+        self.indices_of = {(p, m): np.asarray(indices_of[p, m]) for p in self.pids for m in (0, 1)}
+        chunks = [
+            sum(max(len(self.indices_of[p, m]), num_instances) // num_instances for p in self.pids)
+            for m in (0, 1)
+        ]
+        self.num_batches = max(chunks) // num_pids
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the next iteration from epoch ``epoch``'s random stream."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        pools = {key: _InstancePool(idx, self.num_instances, rng) for key, idx in self.indices_of.items()}
+        order = _IdentityOrder(self.pids, rng)
+        for _ in range(self.num_batches):
+            batch_pids = order.take(self.num_pids)
+            for modality in (0, 1):
+                for pid in batch_pids:
+                    yield from pools[pid, modality].take().tolist()
