@@ -3,8 +3,10 @@
 Contract (shared with the models/data engineer):
 
 - a train batch is a dict ``{"img": (B,3,H,W), "pid": (B,), "camid": (B,), "index": (B,), ...}``;
-- ``model(batch["img"])`` returns a dict of outputs in train mode and an embedding tensor (B, ...) in eval
-  mode (pass ``forward=`` to :func:`fit` when a method needs more of the batch);
+- ``feed(model, batch)`` runs the model on a batch; the default, :func:`feed_images`, is
+  ``model(batch["img"])``, and a method that needs more of the batch (an image's modality) passes its own.
+  The model returns a dict of outputs in train mode and its test features in eval mode: an embedding
+  (B, ...) or a dict of tensors (B, ...) that the method's evaluator understands;
 - ``criterion(outputs, batch)`` returns a dict of NAMED scalar loss terms; the loop minimises
   ``sum(loss_weights.get(name, 1.0) * term)``.
 
@@ -38,11 +40,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .results import atomic_torch_save, atomic_write_text
+from .atomic import atomic_torch_save, atomic_write_text
 
 Batch = dict[str, Any]
 Criterion = Callable[[Any, Batch], Mapping[str, torch.Tensor]]
-Forward = Callable[[nn.Module, Batch], Any]
+Feed = Callable[[nn.Module, Batch], Any]
 Evaluator = Callable[[nn.Module], Mapping[str, Any]]
 
 HOOK_EVENTS = ("on_train_start", "on_epoch_start", "on_step_start", "on_step_end", "on_epoch_end")
@@ -146,7 +148,8 @@ def _to_device(batch: Any, device: torch.device, channels_last: bool) -> Batch:
     return moved
 
 
-def _forward_images(model: nn.Module, batch: Batch) -> Any:
+def feed_images(model: nn.Module, batch: Batch) -> Any:
+    """The default feed: the model sees the images alone."""
     return model(batch["img"])
 
 
@@ -381,13 +384,13 @@ class _TrainingLoop:
         self,
         state: TrainState,
         criterion: Criterion,
-        forward: Forward,
+        feed: Feed,
         hooks: Sequence[Any],
         evaluator: Evaluator | None,
         checkpoints: CheckpointDir | None,
         config: _LoopConfig,
     ):
-        self.state, self.criterion, self.forward, self.hooks = state, criterion, forward, list(hooks)
+        self.state, self.criterion, self.feed, self.hooks = state, criterion, feed, list(hooks)
         self.evaluator, self.checkpoints, self.config = evaluator, checkpoints, config
         self.resume_rng: dict[str, Any] | None = None
 
@@ -493,7 +496,7 @@ class _TrainingLoop:
         lrs = _lr_columns(s.optimizer)
         autocast = torch.autocast(s.device.type, dtype=cfg.amp_dtype) if cfg.amp_dtype else nullcontext()
         with autocast:
-            s.outputs = self.forward(s.model, s.batch)
+            s.outputs = self.feed(s.model, s.batch)
             terms = dict(self.criterion(s.outputs, s.batch))
         values = self.check_terms(terms)
         weights = {name: float(s.loss_weights.get(name, 1.0)) for name in terms}
@@ -639,7 +642,7 @@ def fit(
     checkpoint_every_steps: int = 0,
     max_steps_per_epoch: int | None = None,
     grad_clip: float | None = None,
-    forward: Forward | None = None,
+    feed: Feed = feed_images,
     device: str | torch.device = "auto",
     amp: bool | str = "auto",
     channels_last: bool | str = "auto",
@@ -668,7 +671,7 @@ def fit(
             resume from the newest loadable one; a run that already finished returns at once with the final
             weights loaded. A mid-epoch resume replays the epoch's data order up to the saved step.
         max_steps_per_epoch: cap the steps of each epoch (``None``: the whole loader).
-        forward: ``forward(model, batch) -> outputs``; default ``model(batch["img"])``.
+        feed: ``feed(model, batch) -> outputs``; default :func:`feed_images`, ``model(batch["img"])``.
         device, amp, channels_last: ``"auto"`` = CUDA if present (then AMP float16 with loss scaling and
             channels_last on), else MPS, else CPU (AMP off; ``amp=True`` off CUDA means bfloat16 autocast).
         seed: seeds the run; each epoch reseeds all generators from ``(seed, epoch)``.
@@ -736,27 +739,44 @@ def fit(
         progress=progress,
     )
     checkpoints = CheckpointDir(checkpoint_dir) if checkpoint_dir is not None else None
-    loop = _TrainingLoop(state, criterion, forward or _forward_images, hooks, evaluator, checkpoints, config)
+    loop = _TrainingLoop(state, criterion, feed, hooks, evaluator, checkpoints, config)
     return loop.run()
 
 
-# ------------------------------------------------------------------------------- features and evaluation
+# ------------------------------------------------------------------------------------- test features
+def _mean_of(a: Any, b: Any) -> Any:
+    if isinstance(a, Mapping):
+        return {name: 0.5 * (a[name] + b[name]) for name in a}
+    return 0.5 * (a + b)
+
+
+def _to_cpu_float(outputs: Any) -> Any:
+    if isinstance(outputs, Mapping):
+        return {name: value.float().cpu() for name, value in outputs.items()}
+    return outputs.float().cpu()
+
+
+def _concatenate(chunks: list[Any]) -> Any:
+    if isinstance(chunks[0], Mapping):
+        return {name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]}
+    return torch.cat(chunks)
+
+
 @torch.no_grad()
 def extract_features(
     model: nn.Module,
     loader: Iterable[Batch],
     *,
+    feed: Feed = feed_images,
     device: str | torch.device = "auto",
     flip: bool = False,
     progress: bool = True,
     channels_last: bool | str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Embed every image of ``loader`` in eval mode: ``(features (N, ...) float32 on CPU, pids (N,),
-    camids (N,))``. ``flip=True`` averages each embedding with that of the mirrored image
-    (:func:`reidbook.evaluation.distance.flip_average`). The model's train/eval mode is restored
-    afterwards."""
-    from .evaluation.distance import flip_average
-
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Run ``feed(model, batch)`` in eval mode over ``loader``: ``(features, pids (N,), camids (N,))``,
+    where features are the model's eval outputs concatenated in loader order, float32 on the CPU (one
+    tensor (N, ...) or a dict of them). ``flip=True`` averages every output with the output for the
+    mirrored images. The model's train/eval mode is restored afterwards."""
     torch_device = resolve_device(device)
     use_channels_last = _resolve_flag(channels_last, torch_device, "channels_last")
     was_training = model.training
@@ -765,69 +785,14 @@ def extract_features(
     try:
         for batch in tqdm(loader, desc="features", disable=not progress, leave=False, dynamic_ncols=True):
             batch = _to_device(batch, torch_device, use_channels_last)
-            embedding = flip_average(model, batch["img"]) if flip else model(batch["img"])  # (B, D)
-            features.append(embedding.float().cpu())
+            outputs = feed(model, batch)
+            if flip:
+                outputs = _mean_of(outputs, feed(model, {**batch, "img": batch["img"].flip(-1)}))
+            features.append(_to_cpu_float(outputs))
             pids.append(batch["pid"].cpu())
             camids.append(batch["camid"].cpu())
     finally:
         model.train(was_training)
     if not features:
         raise ValueError("the loader yielded no batch: nothing to extract features from")
-    return torch.cat(features), torch.cat(pids), torch.cat(camids)
-
-
-def evaluate_model(
-    model: nn.Module,
-    query_loader: Iterable[Batch],
-    gallery_loader: Iterable[Batch],
-    *,
-    metric: str = "euclidean",
-    flip: bool = True,
-    device: str | torch.device = "auto",
-    progress: bool = True,
-    ranks: Sequence[int] = (1, 5, 10),
-    **rank_kwargs: Any,
-) -> dict[str, Any]:
-    """Extract query and gallery features, compute (Q, G) distances and rank them with
-    :func:`reidbook.evaluation.ranking.evaluate_rank`.
-
-    ``metric`` is ``"euclidean"`` (squared), ``"cosine"`` (1 - cosine) or ``"match"``: the model compares
-    pairs itself through ``model.match(query_feats, gallery_feats) -> (q, g)`` similarities (QAConv's
-    feature maps), scored block by block by :func:`reidbook.evaluation.pairwise_distance_matrix`; feature
-    maps are not flip-averaged.
-
-    Returns the evaluation's dict (``cmc`` array, ``mAP``, ``mINP``, ...) plus ``rank<k>`` scalars for
-    ``ranks``; ``rank_kwargs`` (e.g. ``max_rank``) are passed to ``evaluate_rank``.
-    """
-    from .evaluation.distance import cosine_distance, euclidean_distance
-    from .evaluation.ranking import evaluate_rank
-
-    distances = {"euclidean": euclidean_distance, "cosine": cosine_distance}
-    if metric not in (*distances, "match"):
-        raise ValueError(f"metric must be 'euclidean', 'cosine' or 'match', got {metric!r}")
-    if metric == "match" and not callable(getattr(model, "match", None)):
-        raise ValueError(f"metric='match' needs a model with a match(query, gallery) method; "
-                         f"{type(model).__name__} has none")
-    flip = flip and metric != "match"
-    q_feats, q_pids, q_camids = extract_features(
-        model, query_loader, device=device, flip=flip, progress=progress
-    )
-    g_feats, g_pids, g_camids = extract_features(
-        model, gallery_loader, device=device, flip=flip, progress=progress
-    )
-    if metric == "match":
-        from .evaluation.pairwise import pairwise_distance_matrix
-
-        was_training = model.training
-        model.eval()
-        try:
-            distmat = pairwise_distance_matrix(model.match, q_feats, g_feats, device=resolve_device(device),
-                                               progress=progress)
-        finally:
-            model.train(was_training)
-    else:
-        distmat = distances[metric](q_feats.flatten(1), g_feats.flatten(1))  # (Q, G)
-    metrics = dict(evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, **rank_kwargs))
-    cmc = np.asarray(metrics["cmc"])
-    metrics.update({f"rank{k}": float(cmc[k - 1]) for k in ranks if k <= len(cmc)})
-    return metrics
+    return _concatenate(features), torch.cat(pids), torch.cat(camids)

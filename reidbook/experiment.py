@@ -1,274 +1,353 @@
-"""From a dataset name and a profile to a stored, evaluated training run: the glue every chapter shares.
+"""From a method, a dataset and a profile to a stored, evaluated run: the generic glue every chapter shares.
 
-A chapter says *what* to train (a model builder, a criterion builder, options); this module opens the
-dataset through its reader (the built-in world is generated first), builds the loaders of the profile,
-calls :func:`reidbook.engine.fit` with checkpoints in the results store, evaluates, and stores weights,
-history and metrics under a key of config + code, so ``make book`` reuses an unchanged run.
+    data = open_dataset("synthetic-market")             # the built-in world, read by the Market-1501 reader
+    run = train("ianet", data, "cpu", seed=0)           # trained once, then found in the results store
+    lookup("ianet", data, "cpu", seed=0).complete       # the same Run without training: is it stored?
+    model = load_model(run)                             # the trained model, in eval mode
+    result = evaluate(run, other_data, post=[ReRank()]) # an evaluation stored under the run, reused later
+
+Everything method-specific comes from the method's recipe (:mod:`reidbook.methods`): this module knows no
+paper. A run's key hashes its config (method, options, data, profile, seed, how its backbone started) and
+the source of the code it uses: this module, the recipe's module and what they import
+(:mod:`reidbook.fingerprint`). Training checkpoints every epoch into the store, so an interrupted run
+resumes where it stopped, and prints one summary line per run (the progress bars are for the terminal or
+JupyterLab; a rendered chapter keeps the summary).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import pandas as pd
+import torch
 from torch import nn
 
-from .data import ReIDDataset, build_test_loader, build_train_loader, load_dataset
-from .engine import evaluate_model, fit, seed_everything
-from .models import Backbone, Baseline, BaselineCriterion
+from .data import ReIDDataset, load_dataset
+from .engine import fit, resolve_device, seed_everything
+from .evaluation.evaluators import Evaluation, Evaluator, PostStep, TestSplit, describe
+from .fingerprint import code_fingerprint
+from .methods.recipe import Recipe
+from .methods.registry import get as get_recipe
+from .models.backbones import Backbone, build_backbone
 from .models.baseline import param_groups
-from .models.qaconv import QAConvCriterion, QAConvNet
-from .models.qaconv_losses import build_pooled_model, pooled_criterion
-from .profiles import Profile
-from .results import ResultsStore, Run
+from .profiles import Profile, get_profile
+from .results import REPO_DIR, ResultsStore, Run, canonical_json, evaluation_key, force_from_env
 
 SYNTHETIC_PREFIX = "synthetic-"
-# Built-in world preset -> the real dataset reader that reads what it writes.
-PRESET_READERS = {"market": "market1501", "market-b": "market1501", "sysu": "sysu", "regdb": "regdb"}
+DATA_ENV_VAR = "REIDBOOK_DATA"
+#: Profile fields that cannot change a run: presentation and the list of seeds (each run has its own).
+UNKEYED_PROFILE_FIELDS = ("budgets", "seeds", "device")
+#: Test split of the stress worlds: only the test images are used, so two training identities suffice.
+STRESS_TEST_WORLD = {"num_train_ids": 2, "num_test_ids": 100, "num_distractors": 60, "num_junk": 0}
 
-Criterion = Callable[[dict, dict], dict]
-CriterionBuilder = Callable[[nn.Module, int], Criterion]  # (model, num_classes) -> criterion
+
+# ----------------------------------------------------------------------------------------------- datasets
+def default_data_root() -> Path:
+    """``$REIDBOOK_DATA`` if set, else ``<repo>/data``: where datasets are read and the world is generated."""
+    return Path(os.environ.get(DATA_ENV_VAR, REPO_DIR / "data"))
 
 
 def open_dataset(
     dataset: str,
-    data_root: str | Path,
+    data_root: str | Path | None = None,
     *,
     world: Mapping[str, Any] | None = None,
     world_seed: int = 0,
     **reader_kwargs: Any,
 ) -> ReIDDataset:
-    """Open ``dataset`` under ``data_root``.
+    """Open ``dataset`` under ``data_root`` (default: :func:`default_data_root`).
 
-    ``"synthetic-<preset>"`` (``synthetic-market``, ``synthetic-market-b``, ``synthetic-sysu``,
-    ``synthetic-regdb``) generates the built-in world (cached under ``data_root/synthetic``) with the knobs
-    ``world`` and reads it with the real reader; any other name goes straight to
-    :func:`reidbook.data.load_dataset` (e.g. ``"market1501"``, ``"dukemtmcreid"``, ``"sysu"``).
+    ``"synthetic-<preset>"`` (``synthetic-market``, ``synthetic-market-b``, ``synthetic-sysu``, ...) generates
+    the built-in world (cached under ``data_root/synthetic``) with the knobs ``world`` and reads it with the
+    real reader of that layout; any other name goes straight to :func:`reidbook.data.load_dataset` (e.g.
+    ``"market1501"``, ``"dukemtmcreid"``, ``"sysu"``).
     """
-    if dataset.startswith(SYNTHETIC_PREFIX):
-        from .data.synthetic import generate_world
+    data_root = default_data_root() if data_root is None else Path(data_root)
+    if not dataset.startswith(SYNTHETIC_PREFIX):
+        return load_dataset(dataset, data_root, **reader_kwargs)
+    from .data.synthetic import PRESET_READERS, generate_world
 
-        preset = dataset[len(SYNTHETIC_PREFIX):]
-        if preset not in PRESET_READERS:
-            raise ValueError(
-                f"unknown built-in world {dataset!r}; choose one of "
-                + ", ".join(SYNTHETIC_PREFIX + p for p in PRESET_READERS)
-            )
-        root = generate_world(data_root, preset=preset, seed=world_seed, **dict(world or {}))
-        return load_dataset(PRESET_READERS[preset], root, **reader_kwargs)
-    return load_dataset(dataset, data_root, **reader_kwargs)
+    preset = dataset[len(SYNTHETIC_PREFIX):]
+    if preset not in PRESET_READERS:
+        raise ValueError(f"unknown built-in world {dataset!r}; choose one of "
+                         + ", ".join(SYNTHETIC_PREFIX + p for p in PRESET_READERS))
+    root = generate_world(data_root, preset=preset, seed=world_seed, **dict(world or {}))
+    opened = load_dataset(PRESET_READERS[preset], root, **reader_kwargs)
+    opened.meta["built_in"] = {"dataset": dataset, "world_seed": world_seed, "world": dict(world or {}),
+                               "reader_kwargs": dict(reader_kwargs)}
+    return opened
 
 
 def dataset_identity(dataset: ReIDDataset) -> dict[str, Any]:
-    """What identifies a dataset in a run's config: reader name, folder name and split sizes."""
-    return {
+    """What identifies a dataset in a run's config: reader name, folder, split sizes, training identities,
+    and for the built-in world how it was generated (so that stress worlds can be derived from a run)."""
+    identity = {
         "name": dataset.name,
         "folder": Path(dataset.root).name,
         "sizes": [len(dataset.train), len(dataset.query), len(dataset.gallery)],
+        "num_train_pids": dataset.num_train_pids,
     }
+    if "built_in" in dataset.meta:
+        identity["built_in"] = dataset.meta["built_in"]
+    return identity
 
 
-def test_loaders(dataset: ReIDDataset, profile: Profile):
-    """Query and gallery loaders at the profile's input size, in record order."""
-    size = {"height": profile.height, "width": profile.width, "num_workers": profile.num_workers}
-    return build_test_loader(dataset.query, **size), build_test_loader(dataset.gallery, **size)
+def as_profile(profile: Profile | str) -> Profile:
+    return get_profile(profile) if isinstance(profile, str) else profile
 
 
-def train_reid_model(
-    name: str,
-    dataset: ReIDDataset,
-    profile: Profile,
-    *,
-    build_model: Callable[[int], nn.Module],
-    build_criterion: CriterionBuilder,
-    seed: int | None = None,
-    options: Mapping[str, Any] | None = None,
-    augment: Mapping[str, Any] | None = None,
-    lr_mults: Mapping[str, float] | None = None,
-    eval_dataset: ReIDDataset | None = None,
-    metric: str = "euclidean",
-    hooks: Sequence[Any] = (),
-    store: ResultsStore | None = None,
-    progress: bool = True,
-    **fit_kwargs: Any,
-) -> Run:
-    """Train ``build_model(num_classes)`` with ``build_criterion(model, num_classes)`` on ``dataset.train``
-    in the ``profile`` (the criterion gets the model for losses that use its parts, like QAConv's class
-    memory), evaluate on ``eval_dataset`` (default: the same dataset) and store everything.
+# ------------------------------------------------------------------------------------------ planning a run
+@dataclass(frozen=True)
+class _Plan:
+    recipe: Recipe
+    profile: Profile
+    seed: int
+    options: dict[str, Any]
+    config: dict[str, Any]
+    code: str
+    start: Run | None  # the run whose backbone this one starts from (profile.init == "world")
 
-    ``options`` describes the method's own settings and enters the run's key together with the profile,
-    the seed, the datasets and ``augment`` (training augmentation overrides for
-    :func:`reidbook.data.build_transforms`, e.g. ``{"random_erasing": 0, "random_block": 1}``) and
-    ``lr_mults`` (learning-rate multipliers by submodule name, e.g. ``{"backbone": 0.1}``); a complete run
-    with the same key is returned without training. The run checkpoints every epoch, so an interrupted run
-    resumes where it stopped.
-    """
-    store = store or ResultsStore()
+
+def _code(recipe: Recipe) -> str:
+    return code_fingerprint((__name__, recipe.module))
+
+
+def _keyed_profile(profile: Profile) -> dict[str, Any]:
+    return {k: v for k, v in profile.to_dict().items() if k not in UNKEYED_PROFILE_FIELDS}
+
+
+def pretraining(profile: Profile | str, *, store: ResultsStore | None = None, train_missing: bool = True,
+                progress: bool = True) -> Run:
+    """The run that gives every ``init="world"`` backbone its start: ``profile.pretrain["method"]`` trained
+    once on the pretraining world (identities disjoint from the default world's), then reused by every
+    chapter. ``train_missing=False`` only looks it up."""
+    profile = as_profile(profile)
+    spec = profile.pretrain
+    if not spec:
+        raise ValueError(f"profile {profile.name!r} has no pretrain spec")
+    data = open_dataset(spec["dataset"], world=spec["world"], world_seed=spec["world_seed"])
+    schedule = {k: spec[k] for k in ("epochs", "milestones", "warmup_epochs") if k in spec}
+    pre_profile = profile.replace(init="random", pretrain={}, eval_every=0, **schedule)
+    find = train if train_missing else lookup
+    return find(spec["method"], data, pre_profile, seed=0, store=store, progress=progress)
+
+
+def _plan(method: str, dataset: ReIDDataset, profile: Profile | str, seed: int | None,
+          options: Mapping[str, Any], store: ResultsStore, *, train_missing: bool, progress: bool) -> _Plan:
+    recipe = get_recipe(method)
+    profile = recipe.profile_for(as_profile(profile))
     seed = profile.seed if seed is None else seed
-    eval_dataset = eval_dataset or dataset
+    resolved = recipe.resolve_options(options)
+    start = None
+    if profile.init == "world":
+        start = pretraining(profile, store=store, train_missing=train_missing, progress=progress)
     config = {
-        "train_data": dataset_identity(dataset),
-        "eval_data": dataset_identity(eval_dataset),
-        "profile": profile.to_dict(),
+        "method": recipe.name,
+        "data": dataset_identity(dataset),
+        "profile": _keyed_profile(profile),
+        "device": resolve_device(profile.device).type,
         "seed": seed,
-        "metric": metric,
-        "options": dict(options or {}),
+        "options": resolved,
+        "start": {"init": profile.init, **({"run": f"{start.name}/{start.key}"} if start else {})},
     }
-    if augment:
-        config["augment"] = dict(augment)
-    if lr_mults:
-        config["lr_mults"] = dict(lr_mults)
+    return _Plan(recipe, profile, seed, resolved, config, _code(recipe), start)
 
-    def train(run: Run) -> dict[str, Any]:
+
+def lookup(method: str, dataset: ReIDDataset, profile: Profile | str, seed: int | None = None, *,
+           store: ResultsStore | None = None, **options: Any) -> Run:
+    """The :class:`~reidbook.results.Run` that :func:`train` would return, without training anything:
+    ``run.key`` and ``run.complete`` say whether it is stored."""
+    store = store or ResultsStore()
+    plan = _plan(method, dataset, profile, seed, options, store, train_missing=False, progress=False)
+    return store.run(plan.recipe.name, plan.config, plan.code)
+
+
+# ------------------------------------------------------------------------------------------ building models
+def _backbone(recipe: Recipe, profile: Profile, start: Run | None) -> Backbone:
+    settings = {"last_stride": profile.last_stride, "stem_pool": profile.stem_pool, **recipe.backbone}
+    backbone = build_backbone(profile.backbone, pretrained=profile.init == "imagenet", **settings)
+    if start is not None:
+        weights = torch.load(start.dir / "model.pt", map_location="cpu", weights_only=True)
+        prefix = "backbone."
+        backbone.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+    return backbone
+
+
+def _build(plan: _Plan, num_classes: int) -> nn.Module:
+    seed_everything(plan.seed)  # the new layers' initial weights depend on the seed alone
+    backbone = _backbone(plan.recipe, plan.profile, plan.start)
+    return plan.recipe.build_model(backbone, num_classes, plan.profile, plan.options)
+
+
+_MODELS: OrderedDict[str, nn.Module] = OrderedDict()
+_SPLITS: OrderedDict[str, TestSplit] = OrderedDict()
+_CACHE_SIZE = 4
+
+
+def _remember(cache: OrderedDict, key: str, value: Any) -> Any:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+    return value
+
+
+def load_model(run: Run) -> nn.Module:
+    """The trained model of ``run``, rebuilt from its recipe and config, in eval mode on the CPU."""
+    if run.dir.as_posix() in _MODELS:
+        return _MODELS[run.dir.as_posix()]
+    if not run.complete:
+        raise FileNotFoundError(f"run {run.name}/{run.key} is not complete: train it first")
+    recipe = get_recipe(run.config["method"])
+    profile = Profile.from_dict({**run.config["profile"], "init": "random", "pretrain": {}})
+    backbone = _backbone(recipe, profile, None)
+    model = recipe.build_model(backbone, run.config["data"]["num_train_pids"], profile, run.config["options"])
+    return _remember(_MODELS, run.dir.as_posix(), run.load_model(model).eval())
+
+
+# -------------------------------------------------------------------------------------------------- training
+def _summary(run: Run, action: str) -> str:
+    info = run.read_json("training.json")
+    metrics = run.load_metrics()
+    losses = ", ".join(f"{name} {value:.3f}" for name, value in info.get("final_losses", {}).items())
+    scores = ", ".join(f"{label} {100 * metrics[key]:.1f}%" for key, label in
+                       (("rank1", "rank-1"), ("mAP", "mAP"), ("mINP", "mINP")) if key in metrics)
+    trained = (f"{info.get('epochs', '?')} epochs in {info.get('seconds', 0) / 60:.1f} min on "
+               f"{info.get('device', '?')}")
+    return f"{run.name} (seed {run.config['seed']}, {run.config['data']['name']}): {action} ({trained}); " \
+           f"final losses {losses or '-'}; {scores}"
+
+
+def train(method: str, dataset: ReIDDataset, profile: Profile | str, seed: int | None = None, *,
+          store: ResultsStore | None = None, progress: bool = True, **options: Any) -> Run:
+    """Train ``method`` on ``dataset.train`` in ``profile`` (the recipe's changes applied) and evaluate it on
+    ``dataset``'s test split with the recipe's evaluator; return the complete, stored run. A run already
+    stored under the same key is returned without training (``REIDBOOK_FORCE=1`` retrains). ``options`` are
+    the method's own (see ``reidbook.methods.get(method).options``)."""
+    store = store or ResultsStore()
+    plan = _plan(method, dataset, profile, seed, options, store, train_missing=True, progress=progress)
+    existing = store.run(plan.recipe.name, plan.config, plan.code)
+    if existing.complete and not force_from_env():
+        print(_summary(existing, "reused from the results store"), flush=True)
+        return existing
+    recipe, profile = plan.recipe, plan.profile
+    evaluator = recipe.evaluator_for(plan.options)
+    device = resolve_device(profile.device)
+
+    def judge(model: nn.Module) -> dict[str, Any]:
+        return evaluator.evaluate(model, dataset, height=profile.height, width=profile.width,
+                                  feed=recipe.feed, device=device, num_workers=profile.num_workers).metrics
+
+    def train_fn(run: Run) -> dict[str, Any]:
         num_classes = dataset.num_train_pids
-        loader = build_train_loader(
-            dataset.train, height=profile.height, width=profile.width, batch_size=profile.batch_size,
-            num_instances=profile.batch_k, seed=seed, num_workers=profile.num_workers, **dict(augment or {}),
-        )
-        query_loader, gallery_loader = test_loaders(eval_dataset, profile)
-
-        latest: dict[str, Any] = {}  # fit() also evaluates after its last epoch: keep that result
-
-        def evaluator(model: nn.Module) -> dict[str, Any]:
-            latest.clear()
-            latest.update(evaluate_model(model, query_loader, gallery_loader, metric=metric,
-                                         device=profile.device, progress=False))
-            return latest
-
-        seed_everything(seed)  # the model's initial weights depend on the seed alone
-        model = build_model(num_classes)
+        loader = recipe.loader(dataset.train, profile, plan.seed, recipe.augment, plan.options)
+        model = _build(plan, num_classes)
+        lr_mults = dict(recipe.trained_start_lr_mults) if profile.init != "random" else {}
+        started = time.perf_counter()
         history = fit(
-            model, build_criterion(model, num_classes), loader, epochs=profile.epochs,
+            model, recipe.build_criterion(model, num_classes, plan.options), loader, epochs=profile.epochs,
             optimizer=profile.optimizer, lr=profile.lr, weight_decay=profile.weight_decay,
             warmup_epochs=profile.warmup_epochs, milestones=profile.milestones, gamma=profile.gamma,
             max_steps_per_epoch=profile.max_steps_per_epoch, eval_every=profile.eval_every,
-            evaluator=evaluator if profile.eval_every else None,
-            checkpoint_dir=run.checkpoint_dir, device=profile.device, seed=seed, hooks=hooks,
-            progress=progress, param_groups=param_groups(model, profile.lr, lr_mults) if lr_mults else None,
-            **fit_kwargs,
+            evaluator=judge if profile.eval_every else None, checkpoint_dir=run.checkpoint_dir, device=device,
+            seed=plan.seed, hooks=recipe.build_hooks(profile, plan.options), feed=recipe.feed,
+            amp=profile.amp, channels_last=profile.channels_last, progress=progress,
+            param_groups=param_groups(model, profile.lr, lr_mults) if lr_mults else None,
         )
-        metrics = dict(latest) if latest else evaluator(model)
+        seconds = time.perf_counter() - started
         run.save_model(model)
         run.save_history(history)
-        return {k: (np.asarray(v).tolist() if k == "cmc" else v) for k, v in metrics.items()}
+        steps = history.steps
+        terms = [c[: -len("_weight")] for c in steps.columns if c.endswith("_weight")]
+        last_epoch = history.epochs.iloc[-1]
+        run.write_json("training.json", {
+            "seconds": seconds, "epochs": profile.epochs, "steps": len(steps), "device": device.type,
+            "images_per_second": len(steps) * profile.batch_size / max(steps["time"].sum(), 1e-9),
+            "final_losses": {t: float(last_epoch[t]) for t in terms},
+            "parameters": sum(p.numel() for p in model.parameters()),
+        })
+        result = evaluator.evaluate(model.eval(), dataset, height=profile.height, width=profile.width,
+                                    feed=recipe.feed, device=device, num_workers=profile.num_workers)
+        _store_evaluation(run, dataset, result, keep_distances=False)
+        _remember(_MODELS, run.dir.as_posix(), model.cpu())
+        return result.metrics
 
-    return store.get_or_train(name, config, train)
-
-
-def baseline_model_builder(profile: Profile) -> Callable[[int], nn.Module]:
-    """``num_classes -> Baseline`` with the profile's backbone, weights and last stride (chapter 1)."""
-
-    def build(num_classes: int) -> nn.Module:
-        return Baseline(num_classes, backbone=profile.backbone, pretrained=profile.pretrained,
-                        last_stride=profile.last_stride)
-
-    return build
-
-
-def baseline_criterion(model: nn.Module, num_classes: int) -> BaselineCriterion:
-    """The strong baseline's losses: label-smoothed cross-entropy (0.1) + batch-hard triplet (margin 0.3)."""
-    return BaselineCriterion(num_classes, label_smoothing=0.1, triplet_margin=0.3)
-
-
-def train_baseline(dataset: ReIDDataset, profile: Profile, *, seed: int | None = None, **kwargs: Any) -> Run:
-    """The strong baseline's run: the one definition every chapter reuses from the results store."""
-    return train_reid_model("baseline", dataset, profile, build_model=baseline_model_builder(profile),
-                            build_criterion=baseline_criterion, seed=seed, **kwargs)
+    run = store.get_or_train(recipe.name, plan.config, train_fn, code=plan.code)
+    print(_summary(run, "trained"), flush=True)
+    return run
 
 
-RANDOM_BLOCK = {"random_erasing": 0.0, "random_block": 1.0}  # QAConv's augmentation (Section 5.1)
+# ------------------------------------------------------------------------------------------------ evaluation
+def _evaluation_description(run: Run, dataset: ReIDDataset, evaluator: Evaluator,
+                            post: Sequence[PostStep]) -> dict[str, Any]:
+    return {"data": dataset_identity(dataset), **evaluator.describe(dataset, post)}
 
 
-def starting_backbone(profile: Profile, init: Run | None, num_classes: int) -> str | Backbone:
-    """The backbone a chapter-6 model starts from: the profile's backbone name (random or ImageNet weights)
-    or, with ``init``, the backbone of that stored strong-baseline run (``num_classes``: its training ids)."""
-    if init is None:
-        return profile.backbone
-    return load_trained(init, baseline_model_builder(profile), num_classes).backbone.train()
+def _store_evaluation(run: Run, dataset: ReIDDataset, result: Evaluation, keep_distances: bool) -> None:
+    description = {"data": dataset_identity(dataset), **result.description}
+    distances = result.distances.numpy() if keep_distances and result.distances is not None else None
+    run.save_evaluation(evaluation_key(description), description, result.metrics, distances)
 
 
-def init_options(init: Run | None) -> dict[str, str]:
-    """What ``init`` adds to a run's options (and key): the starting run's name and key."""
-    return {} if init is None else {"init": f"{init.name}/{init.key}"}
+def evaluate(run: Run, dataset: ReIDDataset, evaluator: Evaluator | None = None,
+             post: Sequence[PostStep] = (), *, keep_distances: bool = False,
+             progress: bool = False) -> Evaluation:
+    """Evaluate the trained model of ``run`` on ``dataset``'s test split (default evaluator: the recipe's),
+    after the post-processing steps ``post``; stored under the run, keyed by evaluator, data and
+    post-processing, and reused when asked again. ``keep_distances`` also stores (and returns) the final
+    distance matrix, for figures. Within one process, test features and distance matrices are kept for the
+    last few (run, dataset, measure) combinations, so post-processing variants share them."""
+    recipe = get_recipe(run.config["method"])
+    evaluator = evaluator or recipe.evaluator_for(run.config["options"])
+    description = _evaluation_description(run, dataset, evaluator, post)
+    key = evaluation_key(description)
+    stored = run.load_evaluation(key, distances=keep_distances)
+    if stored is not None:
+        metrics, distances = stored
+        return Evaluation(metrics, None if distances is None else torch.as_tensor(distances), description)
+    profile = Profile.from_dict({**run.config["profile"], "init": "random", "pretrain": {}})
+    split_key = canonical_json([run.dir.as_posix(), dataset_identity(dataset), describe(evaluator.measure)])
+    split = _SPLITS.get(split_key)
+    if split is None:
+        split = _remember(_SPLITS, split_key, evaluator.split(
+            load_model(run), dataset, height=profile.height, width=profile.width, feed=recipe.feed,
+            device="auto", num_workers=profile.num_workers, progress=progress))
+    result = evaluator.evaluate_split(split, dataset, post)
+    _store_evaluation(run, dataset, result, keep_distances)
+    return result
 
 
-def qaconv_model_builder(
-    profile: Profile, options: Mapping[str, Any], init: Run | None = None
-) -> Callable[[int], nn.Module]:
-    """``num_classes -> QAConvNet`` at the profile's input size, its backbone built from the profile or
-    taken from ``init`` (see :func:`starting_backbone`); ``options`` are
-    :class:`~reidbook.models.qaconv.QAConvNet` keywords (``map_stride``, ``neck_kernel``, ``channels``)."""
+def stress_curve(runs: Sequence[Run], nuisances: str | Sequence[str], strengths: Sequence[float], *,
+                 test_world: Mapping[str, Any] | None = None, evaluator: Evaluator | None = None,
+                 metrics: Sequence[str] = ("rank1", "mAP")) -> pd.DataFrame:
+    """Trained models evaluated, without retraining, on fresh test worlds of their built-in world whose
+    ``nuisances`` (one knob name or several, set together) have each of ``strengths`` (1 = the training
+    world's strength). One row per (run, strength): method, seed, strength and ``metrics``. The
+    evaluations are stored under each run, so a later chapter reads the same numbers.
 
-    def build(num_classes: int) -> nn.Module:
-        return QAConvNet(num_classes, starting_backbone(profile, init, num_classes),
-                         image_size=(profile.height, profile.width), pretrained=profile.pretrained, **options)
-
-    return build
-
-
-def qaconv_criterion(model: nn.Module, num_classes: int) -> QAConvCriterion:
-    """QAConv's class-memory focal BCE (Eqs. 1-2, gamma = 2) on ``model``'s matcher and memory."""
-    return QAConvCriterion(model)
-
-
-def pretrained_lr_mults(profile: Profile, init: Run | None) -> dict[str, float] | None:
-    """The paper's rates (Section 5.1): a backbone that starts trained learns at 0.1x the new layers'."""
-    return {"backbone": 0.1} if profile.pretrained or init is not None else None
-
-
-def train_qaconv(
-    dataset: ReIDDataset,
-    profile: Profile,
-    *,
-    options: Mapping[str, Any] | None = None,
-    init: Run | None = None,
-    augment: Mapping[str, Any] | None = RANDOM_BLOCK,
-    seed: int | None = None,
-    **kwargs: Any,
-) -> Run:
-    """A QAConv run (chapter 6): trained with its class memory, evaluated by pair matching
-    (``metric="match"``); ``augment`` defaults to Random Block instead of random erasing. ``init``: a
-    strong-baseline run on ``dataset`` whose backbone QAConv starts from (instead of ImageNet weights)."""
-    options = dict(options or {})
-    return train_reid_model(
-        "qaconv", dataset, profile, build_model=qaconv_model_builder(profile, options, init),
-        build_criterion=qaconv_criterion, seed=seed, options={**options, **init_options(init)},
-        augment=augment, lr_mults=pretrained_lr_mults(profile, init), metric="match", **kwargs,
-    )
-
-
-def pooled_model_builder(loss: str, profile: Profile, init: Run | None = None) -> Callable[[int], nn.Module]:
-    """``num_classes -> PooledFeatureNet`` for one of QAConv's Table 2 losses; the backbone as in
-    :func:`qaconv_model_builder` (a fresh one with the classification network's last stride 2)."""
-
-    def build(num_classes: int) -> nn.Module:
-        return build_pooled_model(loss, num_classes, starting_backbone(profile, init, num_classes),
-                                  pretrained=profile.pretrained, last_stride=2)
-
-    return build
-
-
-def train_loss_comparison(
-    loss: str,
-    dataset: ReIDDataset,
-    profile: Profile,
-    *,
-    init: Run | None = None,
-    seed: int | None = None,
-    **kwargs: Any,
-) -> Run:
-    """A run of QAConv's Table 2: pooled features trained with ``loss`` (softmax, arc, center, memory),
-    retrieved by cosine similarity; ``init`` as in :func:`train_qaconv`."""
-    return train_reid_model(
-        f"pooled-{loss}", dataset, profile, build_model=pooled_model_builder(loss, profile, init),
-        build_criterion=lambda model, num_classes: pooled_criterion(loss, model), seed=seed,
-        options={"loss": loss, **init_options(init)}, lr_mults=pretrained_lr_mults(profile, init),
-        metric="cosine", **kwargs,
-    )
-
-
-def load_trained(run: Run, build_model: Callable[[int], nn.Module], num_classes: int) -> nn.Module:
-    """The stored model of ``run``, rebuilt with ``build_model(num_classes)``, in eval mode on the CPU."""
-    return run.load_model(build_model(num_classes)).eval()
+    Raises:
+        ValueError: when a run was not trained on the built-in world (real data has no stress knobs).
+    """
+    knobs = [nuisances] if isinstance(nuisances, str) else list(nuisances)
+    rows = []
+    for strength in strengths:
+        worlds: dict[str, ReIDDataset] = {}
+        for run in runs:
+            source = run.config["data"].get("built_in")
+            if source is None:
+                raise ValueError(f"run {run.name}/{run.key} was trained on {run.config['data']['name']}, "
+                                 "not on the built-in world: stress worlds exist only for the built-in world")
+            world = {**source["world"], **(test_world or STRESS_TEST_WORLD), **dict.fromkeys(knobs, strength)}
+            name = canonical_json([source["dataset"], source["world_seed"], world])
+            if name not in worlds:
+                worlds[name] = open_dataset(source["dataset"], world=world, world_seed=source["world_seed"])
+            result = evaluate(run, worlds[name], evaluator)
+            rows.append({"method": run.name, "seed": run.config["seed"], "strength": strength,
+                         **{m: result.metrics[m] for m in metrics}})
+    return pd.DataFrame(rows)

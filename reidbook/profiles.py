@@ -33,15 +33,22 @@ DEFAULT_PROFILE = "cpu"
 class Profile:
     """Every knob a chapter reads to build its world, model and training run.
 
-    ``milestones`` and ``warmup_epochs`` are in epochs; ``batch_p`` identities x ``batch_k`` images form a
-    batch; ``world`` holds the knobs passed to ``reidbook.data.synthetic.generate_world``; ``seeds`` lists the
-    seeds of a multi-seed comparison (the first one is used for single runs); ``max_steps_per_epoch`` caps an
-    epoch (``None`` = the whole sampler).
+    ``init`` says how a backbone starts: ``"random"``, ``"imagenet"`` (torchvision's weights, used only if
+    already in the local torch cache) or ``"world"`` (the backbone of a strong baseline trained once on the
+    larger built-in pretraining world ``pretrain``, with identities disjoint from the default world's: the
+    book's stand-in for ImageNet on a CPU). ``stem_pool=False`` drops the backbone stem's max-pooling, which
+    doubles every feature map's height and width. ``milestones`` and ``warmup_epochs`` are in epochs;
+    ``batch_p`` identities x ``batch_k`` images form a batch; ``world`` holds the knobs passed to
+    ``reidbook.data.synthetic.generate_world``; ``seeds`` lists the seeds of a multi-seed comparison (the
+    first one is used for single runs); ``max_steps_per_epoch`` caps an epoch (``None`` = the whole
+    sampler). ``amp`` (bf16 autocast on a CPU, fp16 on CUDA) and ``channels_last`` take True, False or
+    ``"auto"`` (on with CUDA). ``budgets`` gives each chapter's time budget in seconds, by file name.
     """
 
     name: str
     backbone: str = "resnet18"
-    pretrained: bool = False
+    init: str = "random"
+    stem_pool: bool = True
     last_stride: int = 1
     height: int = 128
     width: int = 64
@@ -60,6 +67,17 @@ class Profile:
     seeds: tuple[int, ...] = (0,)
     num_workers: int = 0
     device: str = "auto"
+    amp: bool | str = "auto"
+    channels_last: bool | str = "auto"
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    budgets: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.init == "world" and not self.pretrain:
+            raise ValueError("init='world' needs a pretrain spec (method, dataset, world_seed, world, "
+                             "epochs, milestones)")
 
     @property
     def batch_size(self) -> int:
@@ -105,12 +123,14 @@ class Profile:
 
 
 _TUPLE_FIELDS = ("milestones", "seeds")
+_DICT_FIELDS = ("world", "pretrain", "budgets")
+INITS = ("random", "imagenet", "world")
 
 
 def _normalise_value(name: str, value: Any) -> Any:
     if name in _TUPLE_FIELDS:
         return tuple(value)
-    if name == "world":
+    if name in _DICT_FIELDS:
         return copy.deepcopy(dict(value))
     return value
 
@@ -158,7 +178,7 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(
         name="paper",
         backbone="resnet50",
-        pretrained=True,
+        init="imagenet",
         last_stride=1,
         height=256,
         width=128,

@@ -1,24 +1,26 @@
-"""The results store: every training run's config, metrics, history, weights and environment on disk.
+"""The results store: every training run's config, metrics, history, weights, environment and evaluations.
 
 Layout (``root`` defaults to ``<repo>/results``, or the ``REIDBOOK_RESULTS`` environment variable)::
 
     root/<name>/<key>/config.json        the run's config (canonical JSON)
                       run.json           name, key, code fingerprint, creation date
                       environment.json   package versions, python, git commit, device, CPU count, date
-                      metrics.json       final metrics (scalars and lists)
+                      metrics.json       the metrics of the evaluation at the end of training
                       history_steps.csv  history_epochs.csv
                       model.pt           the trained weights (state_dict)
                       checkpoints/       fit()'s checkpoints; an interrupted run resumes from them
+                      evaluations/<evaluation key>/
+                          description.json  evaluator, dataset and post-processing that define it
+                          metrics.json      distances.npy (when a figure needs the matrix)  COMPLETE
                       COMPLETE           written last: the run finished
 
-The key hashes the canonical JSON of the config together with a *code fingerprint*: by default a hash of the
-source of every module of the ``reidbook`` package. Whole-package hashing is deliberately coarse: any edit to
-the package retrains every run the next time it is requested (no stale numbers can reach a table), while an
-unchanged package and config reuse the stored run, so ``make book`` does not retrain. ``REIDBOOK_FORCE=1``
-(``make book FORCE=1``) retrains anyway.
+The key hashes the canonical JSON of the config together with a *code fingerprint*, which the caller
+computes for the code the run uses (:func:`reidbook.fingerprint.code_fingerprint` of the run's recipe and
+the training glue): an edit to that code retrains the run the next time it is requested (no stale number
+can reach a table), while an edit elsewhere, or a new paper's module, leaves it alone. Stored evaluations
+live under their run, so they follow its key. ``REIDBOOK_FORCE=1`` (``make book FORCE=1``) retrains anyway.
 
-Every file is written atomically (temporary file in the same folder, fsync, ``os.replace``), so a reader never
-sees half a file.
+Every file is written atomically (:mod:`reidbook.atomic`), so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import io
 import json
 import os
 import platform
@@ -33,14 +36,16 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import torch
+
+from .atomic import atomic_torch_save, atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
     from .engine import History
@@ -54,48 +59,7 @@ COMPLETE_MARKER = "COMPLETE"
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-# --------------------------------------------------------------------------------------------- atomic files
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not possible on every platform (e.g. Windows); the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = True) -> Path:
-    """Write ``path`` atomically: ``write(file)`` fills a temporary file in the same folder, which is fsynced
-    and renamed over ``path``. Temporary files end in ``.tmp``; readers must ignore them."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically (UTF-8)."""
-    return atomic_write(path, lambda file: file.write(text), binary=False)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` atomically."""
-    return atomic_write(path, lambda file: torch.save(obj, file))
-
-
-# ------------------------------------------------------------------------------------------- keys and code
+# ------------------------------------------------------------------------------------------------- keys
 def canonical_json(config: Any) -> str:
     """Canonical JSON of a config: sorted keys, no spaces; dataclasses (e.g. a Profile) become dicts.
 
@@ -119,28 +83,14 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"config value {value!r} of type {type(value).__name__} cannot be stored as JSON")
 
 
-# Modules that draw or publish results but cannot change a training run's numbers.
-PRESENTATION_MODULES = frozenset({"viz.py", "book.py", "paper_numbers.py"})
-
-
-def code_fingerprint(package_dir: str | os.PathLike = PACKAGE_DIR) -> str:
-    """SHA-256 of every ``*.py`` file under ``package_dir`` (relative path and bytes, in sorted order),
-    except the top-level presentation modules (:data:`PRESENTATION_MODULES`)."""
-    package_dir = Path(package_dir)
-    digest = hashlib.sha256()
-    for file in sorted(package_dir.rglob("*.py")):
-        if file.parent == package_dir and file.name in PRESENTATION_MODULES:
-            continue
-        digest.update(file.relative_to(package_dir).as_posix().encode())
-        digest.update(b"\0")
-        digest.update(file.read_bytes())
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
 def run_key(config: Any, code: str) -> str:
     """The run's key: a hash of the canonical config and the code fingerprint."""
     return hashlib.sha256(f"{canonical_json(config)}\n{code}".encode()).hexdigest()[:KEY_LENGTH]
+
+
+def evaluation_key(description: Any) -> str:
+    """The key of a stored evaluation: a hash of its canonical description."""
+    return hashlib.sha256(canonical_json(description).encode()).hexdigest()[:KEY_LENGTH]
 
 
 # ------------------------------------------------------------------------------------------- environment
@@ -272,6 +222,51 @@ class Run:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model
 
+    # -- stored evaluations
+    def evaluation_dir(self, key: str) -> Path:
+        return self.dir / "evaluations" / key
+
+    def save_evaluation(
+        self, key: str, description: Any, metrics: Mapping[str, Any], distances: np.ndarray | None = None
+    ) -> None:
+        """Store one evaluation of this run (its ``COMPLETE`` marker last)."""
+        folder = self.evaluation_dir(key)
+        atomic_write_text(folder / "description.json", _json_text(json.loads(canonical_json(description))))
+        atomic_write_text(folder / "metrics.json", _json_text(dict(metrics)))
+        if distances is not None:
+            atomic_write(folder / "distances.npy", lambda file: np.save(file, np.asarray(distances)))
+        atomic_write_text(folder / COMPLETE_MARKER, dt.datetime.now(dt.timezone.utc).isoformat() + "\n")
+
+    def load_evaluation(self, key: str, *, distances: bool = False) -> tuple[dict, np.ndarray | None] | None:
+        """``(metrics, distances or None)`` of a stored evaluation; ``None`` when it is not stored (or
+        ``distances`` are asked for and were not kept)."""
+        folder = self.evaluation_dir(key)
+        if not (folder / COMPLETE_MARKER).is_file():
+            return None
+        matrix = None
+        if distances:
+            if not (folder / "distances.npy").is_file():
+                return None
+            matrix = np.load(io.BytesIO((folder / "distances.npy").read_bytes()))
+        return _read_json(folder / "metrics.json"), matrix
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        """Every stored evaluation of this run: ``{"key", "description", "metrics"}``."""
+        found = []
+        for marker in sorted((self.dir / "evaluations").glob(f"*/{COMPLETE_MARKER}")):
+            folder = marker.parent
+            found.append({"key": folder.name, "description": _read_json(folder / "description.json"),
+                          "metrics": _read_json(folder / "metrics.json")})
+        return found
+
+    def write_json(self, filename: str, obj: Any) -> None:
+        """Store ``obj`` as ``<run>/<filename>`` (e.g. facts about the training: time, device, speed)."""
+        atomic_write_text(self.dir / filename, _json_text(obj))
+
+    def read_json(self, filename: str) -> Any:
+        """The JSON file ``<run>/<filename>``; ``{}`` when it does not exist."""
+        return self._read_json(filename, default={})
+
     def _read_json(self, filename: str, default: Any) -> Any:
         path = self.dir / filename
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
@@ -289,15 +284,18 @@ def force_from_env() -> bool:
 
 
 class ResultsStore:
-    """All runs under one folder. ``code`` overrides the code fingerprint (default: the package's source)."""
+    """All runs under one folder. ``code``, when given, overrides every run's code fingerprint (tests)."""
 
     def __init__(self, root: str | os.PathLike | None = None, *, code: str | None = None):
         self.root = Path(root) if root is not None else default_results_dir()
-        self.code = code if code is not None else code_fingerprint()
+        self.code = code
 
-    def run(self, name: str, config: Any) -> Run:
-        """The run of ``name`` with this config and code (it may not exist yet)."""
-        return Run(self.root, name, config, self.code)
+    def run(self, name: str, config: Any, code: str | None = None) -> Run:
+        """The run of ``name`` with this config and code fingerprint (it may not exist yet)."""
+        code = self.code if self.code is not None else code
+        if code is None:
+            raise ValueError(f"run {name!r} needs the fingerprint of the code it uses (code=...)")
+        return Run(self.root, name, config, code)
 
     def get_or_train(
         self,
@@ -305,6 +303,7 @@ class ResultsStore:
         config: Any,
         train_fn: Callable[[Run], Mapping[str, Any] | None],
         *,
+        code: str | None = None,
         force: bool | None = None,
     ) -> Run:
         """Return the complete run for (name, config, code), calling ``train_fn(run)`` only when none exists.
@@ -313,7 +312,7 @@ class ResultsStore:
         resumes) and may save weights and history itself; a dict it returns is saved as the metrics.
         ``force`` (default: ``REIDBOOK_FORCE``) deletes the stored run and retrains from scratch.
         """
-        run = self.run(name, config)
+        run = self.run(name, config, code)
         force = force_from_env() if force is None else force
         if run.complete and not force:
             return run
@@ -326,15 +325,15 @@ class ResultsStore:
         run.mark_complete()
         return run
 
-    def runs(self, names: Iterable[str] | None = None, *, current_code_only: bool = True) -> list[Run]:
-        """Complete runs, optionally only some names and (by default) only those of the current code."""
+    def runs(self, names: Iterable[str] | None = None, *, code: str | None = None) -> list[Run]:
+        """Complete runs, optionally only some names and only those of one code fingerprint."""
         wanted = None if names is None else set(names)
         found = []
         for run_file in sorted(self.root.glob("*/*/run.json")):
             info = json.loads(run_file.read_text(encoding="utf-8"))
             if wanted is not None and info["name"] not in wanted:
                 continue
-            if current_code_only and info["code"] != self.code:
+            if code is not None and info["code"] != code:
                 continue
             config = json.loads((run_file.parent / "config.json").read_text(encoding="utf-8"))
             run = Run(self.root, info["name"], config, info["code"])
@@ -342,17 +341,21 @@ class ResultsStore:
                 found.append(run)
         return found
 
-    def table(self, names: Iterable[str] | None = None, *, current_code_only: bool = True) -> pd.DataFrame:
+    def table(self, names: Iterable[str] | None = None, *, code: str | None = None) -> pd.DataFrame:
         """One row per complete run: name, key, the scalar metrics and the config flattened to
         ``config.<field>`` columns (nested dicts joined with dots)."""
         rows = []
-        for run in self.runs(names, current_code_only=current_code_only):
+        for run in self.runs(names, code=code):
             metrics = {k: v for k, v in run.load_metrics().items() if _is_scalar(v)}
             config = pd.json_normalize(run.config, sep=".").iloc[0].to_dict() if run.config else {}
             rows.append(
                 {"name": run.name, "key": run.key, **metrics, **{f"config.{k}": v for k, v in config.items()}}
             )
         return pd.DataFrame(rows)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _is_scalar(value: Any) -> bool:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from .data.readers.images import read_image
 from .data.records import Record
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .report import spread as spread_of
 
 ImageLike = Image.Image | np.ndarray | Tensor | str | os.PathLike | Record
 ArrayLike = np.ndarray | Tensor
@@ -48,7 +49,6 @@ NEGATIVE_COLOR = "tab:red"
 # Columns of the engine's History that are neither loss terms nor metrics.
 _HISTORY_BOOKKEEPING = {"epoch", "step", "global_step", "steps", "total", "time", "eval_time"}
 _SIMILARITY_MEASURES = ("cosine", "projection")
-_SPREADS = ("half-range", "std")
 
 
 # ------------------------------------------------------------------------------------------------ images
@@ -926,45 +926,6 @@ def results_table(
     return table
 
 
-def _spread(values: np.ndarray, spread: str) -> float:
-    if spread not in _SPREADS:
-        raise ValueError(f"spread must be one of {_SPREADS}, got {spread!r}")
-    if values.size < 2:
-        return 0.0
-    return float(np.std(values, ddof=1)) if spread == "std" else float(np.ptp(values) / 2)
-
-
-def _percent_scale(values: np.ndarray, percent: bool | str) -> float:
-    if percent == "auto":
-        return 100.0 if _is_fraction(values) else 1.0
-    if isinstance(percent, bool):
-        return 100.0 if percent else 1.0
-    raise ValueError(f"percent must be True, False or 'auto', got {percent!r}")
-
-
-def mean_spread(
-    values: Sequence[float] | ArrayLike,
-    spread: str = "half-range",
-    *,
-    decimals: int = 1,
-    percent: bool | str = "auto",
-) -> str:
-    """``"mean ± spread"`` of a multi-seed result, e.g. ``"87.3 ± 1.2"``.
-
-    ``spread`` is ``"half-range"`` ((max - min) / 2: the mean ± it covers every seed) or ``"std"`` (sample
-    standard deviation). Fractions are shown in percent (``percent="auto"``: when every value lies in
-    [0, 1]). A single value is shown alone.
-    """
-    array = np.asarray(values.cpu() if isinstance(values, Tensor) else values, dtype=float).ravel()
-    if array.size == 0:
-        raise ValueError("mean_spread needs at least one value")
-    array = array * _percent_scale(array, percent)
-    half_width = _spread(array, spread)
-    if array.size == 1:
-        return f"{array[0]:.{decimals}f}"
-    return f"{array.mean():.{decimals}f} ± {half_width:.{decimals}f}"
-
-
 def plot_bar_compare(
     df: pd.DataFrame,
     metric: str,
@@ -975,16 +936,17 @@ def plot_bar_compare(
     title: str | None = None,
 ) -> Figure:
     """Bars of the mean of ``metric`` per group ``by`` (one row of ``df`` per run, e.g. per seed), with error
-    bars of ``spread`` (see :func:`mean_spread`) and each run drawn as a dot. Groups keep their order of
-    appearance in ``df``."""
+    bars of ``spread`` (see :func:`reidbook.report.spread`) and each run drawn as a dot. Groups keep their
+    order of appearance in ``df``."""
     for column in (metric, by):
         if column not in df.columns:
             raise ValueError(f"column {column!r} not found in the DataFrame (columns: {list(df.columns)})")
-    scale = _percent_scale(df[metric].to_numpy(dtype=float), percent)
+    values = df[metric].to_numpy(dtype=float)
+    scale = (100.0 if _is_fraction(values) else 1.0) if percent == "auto" else (100.0 if percent else 1.0)
     groups = list(dict.fromkeys(df[by]))
     runs = [df.loc[df[by] == group, metric].to_numpy(dtype=float) * scale for group in groups]
     means = [values.mean() for values in runs]
-    errors = [_spread(values, spread) for values in runs]
+    errors = [spread_of(values, spread) for values in runs]
     fig, ax = plt.subplots(figsize=(1.2 * len(groups) + 2.0, 3.4), layout="constrained")
     positions = np.arange(len(groups))
     ax.bar(positions, means, yerr=errors, capsize=5, color="tab:blue", alpha=0.6)

@@ -24,7 +24,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .readers import read_image
 from .records import INFRARED, VISIBLE, Record
-from .sampler import RandomIdentitySampler
+from .sampler import RandomIdentitySampler, ShuffleSampler
 from .transforms import Transform, build_transforms
 
 MODALITY_CODES = {VISIBLE: 0, INFRARED: 1}
@@ -100,14 +100,17 @@ def build_train_loader(
     seed: int,
     num_workers: int = 0,
     cache: bool = True,
+    shuffle: bool = False,
     **augment,
 ) -> DataLoader:
-    """Training loader: P x K identity batches (:class:`RandomIdentitySampler`, reachable as
-    ``loader.sampler`` with ``set_epoch``) of augmented images; ``augment`` goes to :func:`build_transforms`
-    (``flip``, ``pad``, ``random_erasing``, ``random_block``, ``normalize``)."""
+    """Training loader: P x K identity batches (:class:`RandomIdentitySampler`, ``num_instances`` images
+    per identity) or, with ``shuffle=True``, plain shuffled batches (:class:`ShuffleSampler`), either one
+    reachable as ``loader.sampler`` with ``set_epoch``, of augmented images; ``augment`` goes to
+    :func:`build_transforms` (``flip``, ``pad``, ``random_erasing``, ``random_block``, ``normalize``)."""
     transform = build_transforms(height, width, train=True, **augment)
     dataset = ImageDataset(records, transform, cache=cache, cache_size=(height, width))
-    sampler = RandomIdentitySampler([r.pid for r in records], batch_size, num_instances, seed)
+    sampler = (ShuffleSampler(len(records), seed) if shuffle
+               else RandomIdentitySampler([r.pid for r in records], batch_size, num_instances, seed))
     return DataLoader(
         dataset,
         batch_size=batch_size,

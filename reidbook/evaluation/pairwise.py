@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
-CONVERSIONS = {"negate": lambda s: -s, "one_minus": lambda s: 1.0 - s}
+CONVERSIONS = {"negate": lambda s: -s, "one_minus": lambda s: 1.0 - s, "as_distance": lambda s: s}
 
 
 @torch.no_grad()
@@ -39,7 +39,8 @@ def pairwise_distance_matrix(
         device: where ``score_fn`` runs (default: the query features' device).
         progress: show a tqdm bar over blocks.
         conversion: ``"negate"`` gives distance = -score (any similarity, order preserved);
-            ``"one_minus"`` gives 1 - score (for similarities in [0, 1] or cosine similarities).
+            ``"one_minus"`` gives 1 - score (for similarities in [0, 1] or cosine similarities);
+            ``"as_distance"`` keeps the values (``score_fn`` already returns distances).
         out_device: where the distance matrix is assembled (CPU by default).
     """
     if conversion not in CONVERSIONS:

@@ -33,22 +33,23 @@ from .ranking import ArrayLike, as_tensor
 
 
 class _NormalisedDistances:
-    """Rows and entries of the reference's ``original_dist``: M = (S / colmax(S))^T, S = squared D.
+    """Rows and entries of the reference's ``original_dist``: M = (S / colmax(S))^T, S = squared D (or D
+    itself with ``square=False``).
 
     D = [[q_q, q_g], [q_g^T, g_g]] is (N, N) but never built; S is squared in the input dtype and then
     cast to float32, exactly like the reference.
     """
 
-    def __init__(self, q_g: Tensor, q_q: Tensor, g_g: Tensor, chunk_size: int) -> None:
+    def __init__(self, q_g: Tensor, q_q: Tensor, g_g: Tensor, chunk_size: int, square: bool = True) -> None:
         self.q_g, self.q_q, self.g_g = q_g, q_q, g_g
+        self.square = square
         self.num_query, self.num_gallery = q_g.shape
         self.num_all = self.num_query + self.num_gallery
         self.chunk_size = chunk_size
         self.column_max = self._column_max()  # (N,) float32
 
-    @staticmethod
-    def _squared(block: Tensor) -> Tensor:
-        return block.pow(2).float()
+    def _squared(self, block: Tensor) -> Tensor:
+        return (block.pow(2) if self.square else block).float()
 
     def _column_max(self) -> Tensor:
         """(N,) max over each column of S, computed from row chunks of the blocks."""
@@ -109,6 +110,7 @@ def re_ranking(
     lambda_value: float = 0.3,
     chunk_size: int = 512,
     max_pairs: int = 4_000_000,
+    square: bool = True,
 ) -> np.ndarray:
     """Re-ranked (q, g) distances: d* = (1 - lambda) d_J + lambda d (Eq. 12 of Zhong et al.).
 
@@ -120,12 +122,15 @@ def re_ranking(
         k2: local query expansion over the k2 nearest neighbours (Eq. 11); 1 disables it.
         lambda_value: weight of the original distance.
         chunk_size, max_pairs: memory bounds (see the module docstring); they do not change the result.
+        square: square the distances first, as the reference does because it expects Euclidean distances
+            (torchreid passes squared Euclidean ones, which it then squares again). ``False`` uses the
+            distances as given, as the QAConv authors' re-ranking does with QAConv's distances.
     """
     q_g = as_tensor(q_g_dist)
     device = q_g.device
     q_q, g_g = as_tensor(q_q_dist, device), as_tensor(g_g_dist, device)
     _check_inputs(q_g, q_q, g_g, k1, k2, lambda_value)
-    dist = _NormalisedDistances(q_g, q_q, g_g, chunk_size)
+    dist = _NormalisedDistances(q_g, q_q, g_g, chunk_size, square)
     neighbours = _nearest_neighbours(dist, max(k1 + 1, k2))  # (N, K) int64
     v_rows, v_cols, v_vals = _k_reciprocal_encoding(dist, neighbours, k1)
     if k2 != 1:

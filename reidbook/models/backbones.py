@@ -92,7 +92,9 @@ def available_backbones() -> list[str]:
     return sorted(_BACKBONES)
 
 
-def build_backbone(name: str, *, pretrained: bool = False, last_stride: int = 1) -> Backbone:
+def build_backbone(
+    name: str, *, pretrained: bool = False, last_stride: int = 1, stem_pool: bool = True
+) -> Backbone:
     """Build backbone ``name`` (see :func:`available_backbones`).
 
     Args:
@@ -100,13 +102,29 @@ def build_backbone(name: str, *, pretrained: bool = False, last_stride: int = 1)
             weights when they are not cached; never downloads).
         last_stride: stride of the last stage, 2 as in the classification network or 1 as in the
             strong baseline (Luo et al.), which keeps a twice larger last feature map.
+        stem_pool: ``False`` replaces the stem's max-pooling by the identity, so every stage's map is
+            twice as high and wide (at four times the stages' cost); the weights are unchanged.
     """
     factory = _BACKBONES.get(name.lower())
     if factory is None:
         raise KeyError(f"Unknown backbone {name!r}. Known backbones: {', '.join(available_backbones())}")
     if last_stride not in (1, 2):
         raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
-    return factory(pretrained, last_stride)
+    backbone = factory(pretrained, last_stride)
+    if not stem_pool:
+        drop_stem_pool(backbone, name)
+    return backbone
+
+
+def drop_stem_pool(backbone: Backbone, name: str = "backbone") -> None:
+    """Replace the last max-pooling of ``backbone.stem`` by the identity and halve the stages' strides."""
+    pools = [(parent, child) for parent in backbone.stem.modules()
+             for child, module in parent.named_children() if isinstance(module, nn.MaxPool2d)]
+    if not pools:
+        raise ValueError(f"the stem of {name} has no max-pooling to drop (stem_pool=False)")
+    parent, child = pools[-1]
+    setattr(parent, child, nn.Identity())
+    backbone.strides = [stride // 2 for stride in backbone.strides]
 
 
 # --------------------------------------------------------------------------- ImageNet weights, offline

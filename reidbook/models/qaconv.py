@@ -15,8 +15,9 @@ Choices where the paper leaves room, following the authors' released code (Sheng
   (``neck_kernel=1``);
 * both "one-dimensional" BN layers are ``BatchNorm1d(1)``: the first normalises all 2hw similarity
   values of all pairs with one mean and variance (and one affine pair), the second the logits;
-* the pair's logit is not rescaled: the authors' evaluation code shows ``sigmoid(logit / 10)`` to make
-  scores "visually more recognizable", which changes no ranking;
+* the pair's logit is not rescaled in training; at test time :meth:`QAConvNet.pair_distances` gives
+  ``1 - sigmoid(logit / 10)`` as the authors' evaluation code does (re-ranking and TLift work on these),
+  which ranks as the logits do;
 * the class memory starts at zero and a class enters the loss once a sample of it has been seen.
   Unlike the authors' code, classes not seen yet are left out of the matching altogether (not only
   masked in the loss), so their all-zero maps do not enter the first BN's batch statistics.
@@ -36,6 +37,7 @@ from .backbones import Backbone, build_backbone, make_stride_one
 from .baseline import param_groups
 
 FEATURE_STAGE = 2  # index of backbone stage 3 ("layer3" of a ResNet)
+SCORE_SCALE = 10.0  # the authors' evaluation scores are sigmoid(logit / 10)
 
 
 class FeatureMapNeck(nn.Module):
@@ -280,9 +282,15 @@ class QAConvNet(nn.Module):
         return {"fmap": fmap} if self.training else fmap
 
     def match(self, query: Tensor, gallery: Tensor) -> Tensor:
-        """(q, g) matching logits of two sets of maps: the pair-scoring path of
-        :func:`reidbook.engine.evaluate_model` (``metric="match"``)."""
+        """(q, g) matching logits of two sets of maps."""
         return self.matcher.logits(query, gallery)
+
+    def pair_distances(self, query: Tensor, gallery: Tensor) -> Tensor:
+        """(q, g) distances ``1 - sigmoid(logit / 10)`` of two sets of maps: the authors' evaluation scores
+        (their code divides the logit by 10 to make the scores "visually more recognizable"), which rank as
+        the logits do; computed as ``sigmoid(-logit / 10)`` so that no precision is lost near 0. The
+        pair-scoring path of :class:`reidbook.evaluation.evaluators.Pairwise`."""
+        return torch.sigmoid(-self.matcher.logits(query, gallery) / SCORE_SCALE)
 
     def param_groups(self, base_lr: float, backbone_lr_mult: float = 0.1) -> list[dict]:
         """The paper's learning rates (Section 5.1): backbone at 0.1x the new layers' rate."""
