@@ -73,6 +73,30 @@ class RandomIdentitySampler(Sampler[int]):
                 yield from pools[pid].take().tolist()
 
 
+class ShuffleSampler(Sampler[int]):
+    """Every index once per epoch, in an order drawn from ``(seed, epoch)``: the plain shuffled batches
+    some methods train with (QAConv's authors do), reproducible and resumable like the P x K sampler."""
+
+    def __init__(self, num_samples: int, seed: int = 0) -> None:
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the next iteration from epoch ``epoch``'s random stream."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        yield from rng.permutation(self.num_samples).tolist()
+
+
 class _IdentityOrder:
     """Identities in a shuffled order, reshuffled when exhausted (leftovers first, not repeated), so
     ``take(P)`` returns P distinct ones."""
