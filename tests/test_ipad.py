@@ -241,7 +241,8 @@ def test_chunked_test_pair_distances_equal_the_naive_loop(
             k_b_g_a = g["mutual_kernel"][b] @ q["mutual_vec"][a]
             naive[a, b] = math.sqrt(sum(float(u - v) ** 2 for u, v in zip(k_a_g_b, k_b_g_a)))
     dist = pairwise_distance_matrix(
-        model.mutual_scores, query, gallery, q_chunk=q_chunk, g_chunk=g_chunk, progress=False
+        lambda qs, gs: -model.mutual_distances(qs, gs), query, gallery, q_chunk=q_chunk, g_chunk=g_chunk,
+        progress=False,
     )
     torch.testing.assert_close(dist, naive, atol=1e-5, rtol=1e-4)
     by_model = model.distance_matrices(query, gallery, q_chunk=q_chunk, g_chunk=g_chunk)["mutual"]
@@ -307,7 +308,7 @@ def test_attention_variant_trains_and_scores_pairs_in_chunks() -> None:
         query, gallery = model(randn(3, 3, 64, 32, seed=18)), model(randn(5, 3, 64, 32, seed=19))
     whole = model.mutual_distances(query, gallery)
     chunked = pairwise_distance_matrix(
-        model.mutual_scores, query, gallery, q_chunk=2, g_chunk=2, progress=False
+        lambda a, b: -model.mutual_distances(a, b), query, gallery, q_chunk=2, g_chunk=2, progress=False
     )
     torch.testing.assert_close(chunked, whole)
 
@@ -348,31 +349,65 @@ def test_mutual_triplet_is_batch_hard_on_the_pair_distances() -> None:
     assert float(terms["mutual_triplet"]) == pytest.approx(expected)
 
 
-def test_fusion_divides_each_branch_by_its_mean_and_sums() -> None:
+def test_fusion_divides_each_branch_by_its_scale_and_sums() -> None:
     a, b = torch.rand(3, 5) + 0.1, 10 * torch.rand(3, 5) + 0.1
-    fused = fuse_distances({"global": a, "mutual": b})
+    fused = fuse_distances({"global": a, "mutual": b}, {"global": 0.5, "mutual": 4.0}, {"mutual": 2.0})
     for i in range(3):
         for j in range(5):
-            expected = a[i, j] / a.mean() + b[i, j] / b.mean()
+            expected = a[i, j] / 0.5 + 2.0 * b[i, j] / 4.0
             assert float(fused[i, j]) == pytest.approx(float(expected), rel=1e-5)
-    torch.testing.assert_close(fuse_distances({"global": a, "mutual": b}, "max", {"mutual": 2.0}),
-                               a / a.max() + 2.0 * b / b.max())
-    torch.testing.assert_close(fuse_distances({"global": a}, "none"), a)
-    with pytest.raises(ValueError, match="normalisation"):
-        fuse_distances({"global": a}, "median")
-    with pytest.raises(ValueError, match="not among the branches"):
+    torch.testing.assert_close(fuse_distances({"global": a, "mutual": b}), a + b)
+    with pytest.raises(ValueError, match="weights names"):
         fuse_distances({"global": a}, weights={"self": 1.0})
+    with pytest.raises(ValueError, match="scales must be positive"):
+        fuse_distances({"global": a}, {"global": 0.0})
+    with pytest.raises(ValueError, match="one shape"):
+        fuse_distances({"global": a, "self": b[:2]})
 
 
-def test_distance_matrix_fuses_the_three_branches(eval_model: IPAD) -> None:
-    model = eval_model
+def test_training_tracks_each_branchs_mean_distance_between_different_images() -> None:
+    model = small_ipad(scale_momentum=0.25).train()
+    assert model.distance_scales == {"global": 1.0, "self": 1.0, "mutual": 1.0}
+
+    def off_diagonal_means(outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+        dists = {
+            "global": torch.cdist(outputs["bn_feat"], outputs["bn_feat"]),
+            "self": torch.cdist(outputs["self_bn_feat"], outputs["self_bn_feat"]),
+            "mutual": outputs["mutual_dist"],
+        }
+        return {name: float(sum(d[i, j] for i in range(4) for j in range(4) if i != j) / 12)
+                for name, d in dists.items()}
+
     with torch.no_grad():
-        query, gallery = model(randn(3, 3, 64, 32, seed=21)), model(randn(4, 3, 64, 32, seed=22))
+        first = off_diagonal_means(model(randn(4, 3, 64, 32, seed=25)))
+        for name, value in model.distance_scales.items():
+            assert value == pytest.approx(first[name], rel=1e-4)  # the first batch sets the scale
+        second = off_diagonal_means(model(randn(4, 3, 64, 32, seed=26)))
+    for name, value in model.distance_scales.items():
+        assert value == pytest.approx(0.75 * first[name] + 0.25 * second[name], rel=1e-4)
+    assert "distance_means" in model.state_dict()
+
+
+def test_pair_distances_fuse_the_branches_block_by_block() -> None:
+    model = small_ipad(fusion_weights={"mutual": 0.5})
+    with torch.no_grad():
+        model.train()(randn(6, 3, 64, 32, seed=27))  # sets the scales
+        model.eval()
+        query, gallery = model(randn(3, 3, 64, 32, seed=21)), model(randn(5, 3, 64, 32, seed=22))
     q, g = model.unpack(query), model.unpack(gallery)
-    dists = model.distance_matrices(query, gallery)
+    scales = model.distance_scales
+    assert all(value != 1.0 for value in scales.values())
+    dists = model.distance_matrices(query, gallery, q_chunk=2, g_chunk=2)
     assert set(dists) == {"global", "self", "mutual"}
     torch.testing.assert_close(dists["self"], torch.cdist(q["self"], g["self"]), atol=1e-3, rtol=1e-4)
-    torch.testing.assert_close(model.distance_matrix(query, gallery), fuse_distances(dists))
+    expected = (dists["global"] / scales["global"] + dists["self"] / scales["self"]
+                + 0.5 * dists["mutual"] / scales["mutual"])
+    fused = model.pair_distances(query, gallery)
+    torch.testing.assert_close(fused, expected, atol=1e-3, rtol=1e-4)
+    chunked = pairwise_distance_matrix(
+        lambda a, b: -model.pair_distances(a, b), query, gallery, q_chunk=2, g_chunk=3, progress=False
+    )
+    torch.testing.assert_close(chunked, fused)
 
 
 # ------------------------------------------------------------------------------------------- errors
@@ -385,6 +420,10 @@ def test_bad_arguments_are_named() -> None:
         small_ipad(mutual_branch="attention")
     with pytest.raises(ValueError, match="variant must be one of"):
         build_ipad("v3", 4)
+    with pytest.raises(ValueError, match="fusion_weights names"):
+        small_ipad(self_branch=None, fusion_weights={"self": 2.0})
+    with pytest.raises(ValueError, match="scale_momentum"):
+        small_ipad(scale_momentum=0.0)
     model = small_ipad(mutual_branch=None).eval()
     packed = model(randn(2, 3, 64, 32, seed=23))
     with pytest.raises(ValueError, match="no mutual branch"):

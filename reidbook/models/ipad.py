@@ -14,8 +14,8 @@ Three branches read one backbone map ``X`` (B, C_o, h, w) (ResNet-50 with last s
   (:class:`MutualGuidedDynamicConv`); for a pair (i, j) each image's kernel filters the other image's
   features, ``d_ij = ||K_i f_j - K_j f_i||`` (Eq. 3), trained with the triplet loss only over every pair of
   the P x K batch, and used as is at test time.
-* Test (IV-A): features of the image and its mirror image are averaged, then the three branches' distance
-  matrices are fused (:func:`fuse_distances`).
+* Test (IV-A): features of the image and its mirror image are averaged, then the three branches' distances
+  are fused (:meth:`IPAD.pair_distances`, :func:`fuse_distances`).
 * Attention alternatives (IV-C): :class:`SelfAttention` in place of the self-guided dynamic convolution,
   :class:`CoAttention` in place of the mutual-guided one, at the same widths.
 
@@ -51,10 +51,12 @@ What we assumed where the paper is silent or the extracted text ambiguous:
   ``F1``, cross-entropy on its BN version, which is also its test embedding. The mutual triplet loss mines
   the hardest positive and negative of each anchor in the (B, B) matrix of Eq. 3 distances.
 * Fusion at test time (the paper "fuses the distance matrices from three branches"; Fig. 6 shows
-  "normalized" distances): each branch's (Q, G) matrix of Euclidean (not squared) distances is divided by
-  its mean over the matrix, then the branches are summed (``normalisation="max"`` / ``"none"`` and branch
-  ``weights`` are options). A query's fused ranking then depends on the rest of the query and gallery sets
-  only through one scale per branch.
+  "normalized" distances): ``d = sum_b w_b d_b / s_b`` over the branches, ``d_b`` the Euclidean (not
+  squared) distance of branch b, ``w_b = 1`` by default (``fusion_weights``) and ``s_b`` the mean distance
+  of branch b between different images of the training batches, a running mean kept in the model like BN
+  statistics (momentum 0.1, set by the first batch; 1 before any training). So each branch weighs about
+  the same, the fused distance of a pair needs nothing but the pair (it is computed block by block, and a
+  query's ranking does not depend on who else is in the gallery), and the scales travel with the weights.
 * Flip averaging: all test features of an image (global and self embeddings; the mutual kernel and pooled
   vector, or the co-attention map) are averaged with those of its mirror image; the averaged kernel is not
   normalised again.
@@ -83,7 +85,7 @@ from .heads import BNNeck, IdentityClassifier
 SELF_LAYERS = ("dynamic", "attention")
 MUTUAL_LAYERS = ("dynamic", "coattention")
 KERNEL_NORMS = ("filter", "matrix")
-NORMALISATIONS = ("mean", "max", "none")
+BRANCHES = ("global", "self", "mutual")
 # Table III rows (plus the IV-C attention version): (self_branch, mutual_branch).
 IPAD_VARIANTS: dict[str, tuple[str | None, str | None]] = {
     "global": (None, None),
@@ -404,9 +406,10 @@ class IPAD(Baseline):
     Eval mode returns the image's test features packed in one (B, D) tensor (so that feature extraction and
     flip averaging treat it as an embedding): the global embedding, the self embedding, then the mutual
     features (flattened), in :attr:`feature_layout` order. :meth:`unpack` gives them back by name;
-    :meth:`distance_matrices` / :meth:`distance_matrix` compare packed query and gallery features;
-    :meth:`mutual_distances` (Eq. 3) and :meth:`mutual_scores` (its negation, a similarity) fit
-    :func:`~reidbook.evaluation.pairwise.pairwise_distance_matrix` block by block.
+    :meth:`pair_distances` gives the fused distance of every (query, gallery) pair of packed features, a
+    distance function for :func:`~reidbook.evaluation.pairwise.pairwise_distance_matrix` (block by block);
+    :meth:`branch_distances`, :meth:`mutual_distances` (Eq. 3) and :meth:`distance_matrices` give the
+    branches one by one. Training updates :attr:`distance_scales`, the fusion's per-branch scales.
 
     Args:
         num_classes: training identities.
@@ -421,8 +424,14 @@ class IPAD(Baseline):
         squeeze, final_relu, kernel_norm: see :class:`Controller`.
         controller_grid: pool the backbone map to this grid before the controllers (``None``: the map's own).
         eval_feature: the global embedding, ``"bn_feat"`` or ``"feat"``.
+        fusion_weights: branch name (``"global"``, ``"self"``, ``"mutual"``) -> weight in the fused
+            distance (default 1 each).
+        scale_momentum: momentum of the running mean distances that scale the branches in the fusion.
         pairs_per_chunk: memory bound of :class:`CoAttention`.
     """
+
+    distance_means: Tensor
+    tracked_batches: Tensor
 
     def __init__(
         self,
@@ -441,6 +450,8 @@ class IPAD(Baseline):
         kernel_norm: str = "filter",
         controller_grid: tuple[int, int] | None = None,
         eval_feature: str = "bn_feat",
+        fusion_weights: Mapping[str, float] | None = None,
+        scale_momentum: float = 0.1,
         pairs_per_chunk: int = 4096,
     ) -> None:
         _check_choice("self_branch", self_branch, (*SELF_LAYERS, None))
@@ -473,6 +484,17 @@ class IPAD(Baseline):
                 else CoAttention(mutual_channels, pairs_per_chunk)
             )
             self.mutual_branch = MutualGuidedBranch(in_channels, mutual_channels, pair_layer)
+        self.fusion_weights = dict(fusion_weights or {})
+        unknown = set(self.fusion_weights) - set(self._branches())
+        if unknown:
+            raise ValueError(
+                f"fusion_weights names {sorted(unknown)}, not among this model's branches {self._branches()}"
+            )
+        if not 0.0 < scale_momentum <= 1.0:
+            raise ValueError(f"scale_momentum must lie in (0, 1], got {scale_momentum}")
+        self.scale_momentum = scale_momentum
+        self.register_buffer("distance_means", torch.ones(len(BRANCHES)))  # (3,) in BRANCHES order
+        self.register_buffer("tracked_batches", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
     def _probe_map_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
@@ -547,8 +569,15 @@ class IPAD(Baseline):
             parts += [value.flatten(1) for value in mutual.values()]  # in feature_shapes order
             return torch.cat(parts, dim=1)  # (B, D) in feature_layout order
         outputs["logits"] = self.classifier(bn_feat)
+        embedding = bn_feat if self.eval_feature == "bn_feat" else feat
+        batch_distances = {"global": pairwise_euclidean(embedding.detach(), embedding.detach())}  # (B, B)
+        if self.self_branch is not None:
+            self_embedding = outputs["self_bn_feat"].detach()
+            batch_distances["self"] = pairwise_euclidean(self_embedding, self_embedding)
         if self.mutual_branch is not None:
             outputs["mutual_dist"] = self.mutual_branch.pair_distances(mutual, mutual)  # (B, B) Eq. 3
+            batch_distances["mutual"] = outputs["mutual_dist"].detach()
+        self._track_distance_means(batch_distances)
         return outputs
 
     @torch.no_grad()
@@ -562,8 +591,55 @@ class IPAD(Baseline):
             self.train(was_training)
 
     # ---------------------------------------------------------------------------------------- distances
+    @property
+    def distance_scales(self) -> dict[str, float]:
+        """Each present branch's running mean distance between training images (1.0 before training)."""
+        present = self._branches()
+        return {name: float(self.distance_means[i]) for i, name in enumerate(BRANCHES) if name in present}
+
+    def _branches(self) -> tuple[str, ...]:
+        absent = {"self": self.self_branch is None, "mutual": self.mutual_branch is None}
+        return tuple(name for name in BRANCHES if not absent.get(name, False))
+
+    @torch.no_grad()
+    def _track_distance_means(self, batch_distances: Mapping[str, Tensor]) -> None:
+        """Update the running mean of each branch's distances between different images of the batch (like
+        BN's statistics: the first batch sets it, later ones move it by ``scale_momentum``)."""
+        n = len(next(iter(batch_distances.values())))
+        if n < 2:
+            return
+        off_diagonal = ~torch.eye(n, dtype=torch.bool, device=self.distance_means.device)
+        momentum = 1.0 if int(self.tracked_batches) == 0 else self.scale_momentum
+        for i, name in enumerate(BRANCHES):
+            if name in batch_distances:
+                mean = batch_distances[name][off_diagonal].float().mean()
+                self.distance_means[i] += momentum * (mean - self.distance_means[i])
+        self.tracked_batches += 1
+
+    def branch_distances(self, query: Tensor, gallery: Tensor) -> dict[str, Tensor]:
+        """Each branch's Euclidean distances between packed test features (q, D) and (g, D), all pairs at
+        once (call it on blocks): ``"global"`` and ``"self"`` between embeddings, ``"mutual"`` by Eq. 3."""
+        features_q, features_g = self.unpack(query), self.unpack(gallery)
+        dists = {
+            name: pairwise_euclidean(features_q[name], features_g[name])
+            for name in ("global", "self")
+            if name in features_q
+        }
+        if self.mutual_branch is not None:
+            dists["mutual"] = self.mutual_distances(query, gallery)
+        return dists
+
+    def pair_distances(self, query: Tensor, gallery: Tensor) -> Tensor:
+        """The fused distance of Section IV-A for every pair of packed test features,
+        (q, D), (g, D) -> (q, g): :func:`fuse_distances` of :meth:`branch_distances` with the
+        :attr:`distance_scales` and the ``fusion_weights``. Block by block it gives the same matrix as all
+        at once (no statistic of the query or gallery set enters), so it fits ``pairwise_distance_matrix``
+        as a distance function."""
+        dists = self.branch_distances(query, gallery)
+        return fuse_distances(dists, self.distance_scales, self.fusion_weights)
+
     def mutual_distances(self, query: Tensor, gallery: Tensor) -> Tensor:
-        """Eq. 3 (or its co-attention counterpart) for every pair of packed features:
+        """Eq. 3 (or its co-attention counterpart) for every pair of packed test features:
         (q, D), (g, D) -> (q, g)."""
         branch = self._require_mutual()
         return branch.pair_distances(self._mutual_features(query), self._mutual_features(gallery))
@@ -571,11 +647,6 @@ class IPAD(Baseline):
     def _mutual_features(self, packed: Tensor) -> dict[str, Tensor]:
         prefix = "mutual_"
         return {k[len(prefix) :]: v for k, v in self.unpack(packed).items() if k.startswith(prefix)}
-
-    def mutual_scores(self, query: Tensor, gallery: Tensor) -> Tensor:
-        """``-mutual_distances``: a similarity, the ``score_fn`` of ``pairwise_distance_matrix`` (whose
-        default ``conversion="negate"`` turns it back into Eq. 3's distances)."""
-        return -self.mutual_distances(query, gallery)
 
     @torch.no_grad()
     def distance_matrices(
@@ -587,9 +658,8 @@ class IPAD(Baseline):
         g_chunk: int = 1024,
         progress: bool = False,
     ) -> dict[str, Tensor]:
-        """Each branch's (Q, G) Euclidean distances between packed test features (N, D): ``"global"`` and
-        ``"self"`` between embeddings, ``"mutual"`` by Eq. 3, block by block (q_chunk x g_chunk pairs at a
-        time) on the model's device."""
+        """Each branch's own (Q, G) distance matrix (to rank by one branch, e.g. for Table III), on the
+        model's device; the mutual one block by block, ``q_chunk`` x ``g_chunk`` pairs at a time."""
         device = next(self.parameters()).device
         features_q, features_g = self.unpack(query), self.unpack(gallery)
         dists = {
@@ -599,49 +669,32 @@ class IPAD(Baseline):
         }
         if self.mutual_branch is not None:
             dists["mutual"] = pairwise_distance_matrix(
-                self.mutual_scores, query, gallery, q_chunk=q_chunk, g_chunk=g_chunk, device=device,
-                progress=progress,
+                lambda q, g: -self.mutual_distances(q, g), query, gallery, q_chunk=q_chunk, g_chunk=g_chunk,
+                device=device, progress=progress,
             )
         return dists
 
-    def distance_matrix(
-        self,
-        query: Tensor,
-        gallery: Tensor,
-        *,
-        normalisation: str = "mean",
-        weights: Mapping[str, float] | None = None,
-        **chunking: int | bool,
-    ) -> Tensor:
-        """The fused (Q, G) distances used for ranking (Section IV-A): :func:`fuse_distances` of
-        :meth:`distance_matrices` (``chunking``: ``q_chunk``, ``g_chunk``, ``progress``)."""
-        return fuse_distances(self.distance_matrices(query, gallery, **chunking), normalisation, weights)
-
 
 def fuse_distances(
-    distances: Mapping[str, Tensor], normalisation: str = "mean", weights: Mapping[str, float] | None = None
+    distances: Mapping[str, Tensor],
+    scales: Mapping[str, float] | None = None,
+    weights: Mapping[str, float] | None = None,
 ) -> Tensor:
-    """Sum of the branches' (Q, G) distance matrices, each divided by its mean (``"mean"``), its maximum
-    (``"max"``) or by nothing (``"none"``) and multiplied by ``weights[name]`` (default 1)."""
-    _check_choice("normalisation", normalisation, NORMALISATIONS)
+    """``sum_b weights[b] * distances[b] / scales[b]`` over the branches b (missing scales and weights: 1)."""
     if not distances:
         raise ValueError("distances is empty: nothing to fuse")
-    weights = dict(weights or {})
-    unknown = set(weights) - set(distances)
-    if unknown:
-        raise ValueError(f"weights names {sorted(unknown)}, not among the branches {sorted(distances)}")
+    scales, weights = dict(scales or {}), dict(weights or {})
+    for name, given in (("scales", scales), ("weights", weights)):
+        unknown = set(given) - set(distances)
+        if unknown:
+            raise ValueError(f"{name} names {sorted(unknown)}, not among the branches {sorted(distances)}")
+    bad = {name: s for name, s in scales.items() if not s > 0}
+    if bad:
+        raise ValueError(f"scales must be positive, got {bad}")
     shapes = {tuple(d.shape) for d in distances.values()}
     if len(shapes) != 1:
         raise ValueError(f"the distance matrices must have one shape, got {sorted(shapes)}")
-    fused = torch.zeros(shapes.pop(), dtype=torch.float32)
-    for name, dist in distances.items():
-        dist = dist.float().cpu()
-        if normalisation == "mean":
-            dist = dist / dist.mean().clamp(min=1e-12)
-        elif normalisation == "max":
-            dist = dist / dist.max().clamp(min=1e-12)
-        fused += weights.get(name, 1.0) * dist
-    return fused
+    return sum(weights.get(name, 1.0) / scales.get(name, 1.0) * dist for name, dist in distances.items())
 
 
 def build_ipad(variant: str, num_classes: int, **kwargs) -> IPAD:
