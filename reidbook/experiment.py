@@ -311,16 +311,49 @@ def evaluate(run: Run, dataset: ReIDDataset, evaluator: Evaluator | None = None,
     if stored is not None:
         metrics, distances = stored
         return Evaluation(metrics, None if distances is None else torch.as_tensor(distances), description)
-    profile = Profile.from_dict({**run.config["profile"], "init": "random", "pretrain": {}})
-    split_key = canonical_json([run.dir.as_posix(), dataset_identity(dataset), describe(evaluator.measure)])
-    split = _SPLITS.get(split_key)
-    if split is None:
-        split = _remember(_SPLITS, split_key, evaluator.split(
-            load_model(run), dataset, height=profile.height, width=profile.width, feed=recipe.feed,
-            device="auto", num_workers=profile.num_workers, progress=progress))
+    split = _split(run, dataset, evaluator, progress)
     result = evaluator.evaluate_split(split, dataset, post)
     _store_evaluation(run, dataset, result, keep_distances)
     return result
+
+
+def _split(run: Run, dataset: ReIDDataset, evaluator: Evaluator, progress: bool = False) -> TestSplit:
+    """The test features of ``run``'s model on ``dataset`` for ``evaluator``'s measure (kept in memory for
+    the last few combinations, with the distance matrices computed from them)."""
+    key = canonical_json([run.dir.as_posix(), dataset_identity(dataset), describe(evaluator.measure)])
+    if key in _SPLITS:
+        return _SPLITS[key]
+    recipe = get_recipe(run.config["method"])
+    profile = Profile.from_dict({**run.config["profile"], "init": "random", "pretrain": {}})
+    return _remember(_SPLITS, key, evaluator.split(
+        load_model(run), dataset, height=profile.height, width=profile.width, feed=recipe.feed, device="auto",
+        num_workers=profile.num_workers, progress=progress))
+
+
+def features(run: Run, dataset: ReIDDataset, evaluator: Evaluator | None = None) -> TestSplit:
+    """The :class:`~reidbook.evaluation.evaluators.TestSplit` of ``run`` on ``dataset``: its model, its
+    query and gallery features (``query_feats``, ``gallery_feats``) and its distances
+    (``role_distances("query", "gallery")``), for figures that need more than the metrics."""
+    recipe = get_recipe(run.config["method"])
+    return _split(run, dataset, evaluator or recipe.evaluator_for(run.config["options"]))
+
+
+def evaluation_frame(runs: Mapping[str, Sequence[Run]], datasets: Mapping[str, ReIDDataset],
+                     evaluator: Evaluator | None = None, post: Sequence[PostStep] = (),
+                     metrics: Sequence[str] = ("rank1", "mAP", "mINP")) -> pd.DataFrame:
+    """Every run evaluated on every dataset (stored evaluations, reused when they exist): one row per
+    (label, run, dataset) with ``label`` (the key of ``runs``), ``seed``, ``train`` (the name of the data the
+    run was trained on, as a key of ``datasets`` when it is one of them), ``test`` and ``metrics``."""
+    trained_on = {canonical_json(dataset_identity(d)): name for name, d in datasets.items()}
+    rows = []
+    for label, group in runs.items():
+        for run in group:
+            train_name = trained_on.get(canonical_json(run.config["data"]), run.config["data"]["name"])
+            for test_name, dataset in datasets.items():
+                result = evaluate(run, dataset, evaluator, post)
+                rows.append({"label": label, "seed": run.config["seed"], "train": train_name,
+                             "test": test_name, **{m: result.metrics[m] for m in metrics}})
+    return pd.DataFrame(rows)
 
 
 def stress_curve(runs: Sequence[Run], nuisances: str | Sequence[str], strengths: Sequence[float], *,

@@ -25,6 +25,7 @@ import ast
 import hashlib
 import importlib
 import importlib.util
+import inspect
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
@@ -69,13 +70,14 @@ def _absolute(module: str, is_package: bool, level: int, target: str | None) -> 
 
 
 def _defining_module(package: str, name: str) -> str:
-    """Where ``package.name`` is defined: itself if a module, else its object's ``__module__`` (or the
-    package, for a constant without one)."""
+    """Where ``package.name`` is defined: itself if a module; a class's or function's ``__module__``; else
+    (a constant, an object) the module it is imported from."""
     if _is_module(f"{package}.{name}"):
         return f"{package}.{name}"
     owner = getattr(importlib.import_module(package), name, None)
     defined_in = getattr(owner, "__module__", None)
-    if isinstance(defined_in, str) and _is_ours(defined_in) and not isinstance(owner, (int, float, str)):
+    if (inspect.isclass(owner) or inspect.isfunction(owner)) and isinstance(defined_in, str) \
+            and _is_ours(defined_in):
         return defined_in
     return package
 

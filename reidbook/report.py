@@ -131,18 +131,18 @@ def summary_table(frame: pd.DataFrame, *, reference: str | None = None, by: str 
 def paper_beside_ours(ours: Mapping[str, Mapping[str, float]], paper: Mapping[str, Mapping[str, float]], *,
                       ours_label: str, paper_label: str,
                       metrics: Sequence[str] = ("rank1", "mAP")) -> pd.DataFrame:
-    """The paper's numbers (percent, as published) beside ours (fractions, shown in percent), one row per
-    key of either, under a two-level header ``(source, metric)``. The labels must say what each column is."""
+    """The paper's numbers (every column it reports, percent, as published) beside ours (``metrics``,
+    stored as fractions, shown in percent), one row per key of either, under a two-level header
+    ``(source, metric)``. The labels must say what each side is."""
     if ours_label == paper_label:
         raise ValueError(f"ours_label and paper_label must differ, both are {ours_label!r}")
     rows = list(dict.fromkeys([*paper, *ours]))
-
-    def column(source: Mapping[str, Mapping[str, float]], scale: float) -> pd.DataFrame:
-        return pd.DataFrame({METRIC_LABELS.get(m, m): [
-            round(scale * source[r][m], 1) if r in source and source[r].get(m) is not None else np.nan
-            for r in rows] for m in metrics}, index=rows)
-
-    table = pd.concat({paper_label: column(paper, 1.0), ours_label: column(ours, 100.0)}, axis=1)
+    paper_frame = pd.DataFrame.from_dict({r: dict(paper.get(r, {})) for r in rows}, orient="index")
+    ours_frame = pd.DataFrame({METRIC_LABELS.get(m, m): [
+        round(100 * ours[r][m], 1) if r in ours and ours[r].get(m) is not None else np.nan for r in rows]
+        for m in metrics}, index=rows)
+    parts = {paper_label: paper_frame, ours_label: ours_frame}
+    table = pd.concat({k: v for k, v in parts.items() if not v.columns.empty}, axis=1)
     table.columns.names = ["source", "metric"]
     return table
 

@@ -958,3 +958,64 @@ def plot_bar_compare(
     ax.set(ylabel=ylabel, title=title or f"{_metric_label(metric)}: mean ± {spread} over runs")
     ax.grid(axis="y", alpha=0.3)
     return fig
+
+
+# ------------------------------------------------------------------------------ helpers shared by chapters
+def test_images(records: Sequence[Record], indices: Sequence[int], height: int, width: int) -> Tensor:
+    """The test-time inputs (resized, ImageNet-normalised) of ``records[i]`` for ``i`` in ``indices``,
+    stacked as (N, 3, height, width)."""
+    from .data import build_transforms
+    from .data.loader import load_uint8
+
+    transform = build_transforms(height, width, train=False)
+    return torch.stack([transform(load_uint8(records[int(i)].path)) for i in indices])
+
+
+def heat_overlay(ax: Axes, picture: np.ndarray, heat: np.ndarray, threshold: float | None = None) -> None:
+    """Draw ``heat`` (any (h, w) map, min-max scaled) over ``picture`` (H, W, 3) on ``ax``, stretched to the
+    picture's size; with ``threshold`` (a fraction of the range) lower values are hidden."""
+    ax.imshow(picture)
+    scaled = (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-12)
+    if threshold is not None:
+        scaled = np.ma.masked_less(scaled, threshold)
+    ax.imshow(scaled, cmap="jet", alpha=0.55, vmin=0, vmax=1, interpolation="nearest",
+              extent=(-0.5, picture.shape[1] - 0.5, picture.shape[0] - 0.5, -0.5))
+    ax.set_xticks([]), ax.set_yticks([])
+
+
+def receptive_fields(model: nn.Module, image: Tensor, cells: Sequence[tuple[int, int]],
+                     layer: nn.Module) -> np.ndarray:
+    """Valid receptive fields: for each (row, column) cell of ``layer``'s output map, ``|d ||f_cell|| /
+    d input|`` summed over colours, (P, H, W). One copy of ``image`` (3, H, W) per cell in one batch, the
+    model in eval mode so that the copies do not interact; the model's parameters get no gradient."""
+    captured: dict[str, Tensor] = {}
+    handle = layer.register_forward_hook(lambda module, inputs, output: captured.update(map=output))
+    was_training = model.training
+    model.eval()
+    pixels = image[None].repeat(len(cells), 1, 1, 1).requires_grad_(True)  # (P, 3, H, W)
+    try:
+        with torch.enable_grad():
+            model(pixels)
+            fmap = captured["map"]  # (P, C, h, w)
+            torch.stack([fmap[i, :, y, x].norm() for i, (y, x) in enumerate(cells)]).sum().backward()
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return pixels.grad.abs().sum(1).numpy()
+
+
+def plot_stress(curve: pd.DataFrame, metric: str = "mAP", *, xlabel: str = "nuisance strength",
+                title: str | None = None) -> Figure:
+    """A stress curve (rows of method, seed, strength and metrics): the mean over seeds per method, with a
+    band spanning the seeds."""
+    stats = curve.groupby(["method", "strength"], sort=False)[metric].agg(["mean", "min", "max"]) * 100
+    fig, ax = plt.subplots(figsize=(5.2, 3.4), layout="constrained")
+    for method, group in stats.groupby(level="method", sort=False):
+        strengths = group.index.get_level_values("strength")
+        ax.plot(strengths, group["mean"], "o-", label=method)
+        ax.fill_between(strengths, group["min"], group["max"], alpha=0.2)
+    label = _metric_label(metric)
+    ax.set(xlabel=xlabel, ylabel=f"{label} (%)", title=title or f"{label} under stress")
+    ax.legend(), ax.grid(alpha=0.3)
+    return fig

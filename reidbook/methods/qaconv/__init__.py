@@ -18,15 +18,15 @@ from typing import Any
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data import Record
-from ..evaluation.evaluators import Embedding, Evaluator, Pairwise
-from ..models.backbones import Backbone
-from ..models.qaconv import QAConvCriterion, QAConvNet
-from ..models.qaconv_losses import TABLE2_LOSSES, build_pooled_model, pooled_criterion
-from ..paper_numbers import QACONV_RESNET50, QACONV_TABLES
-from ..profiles import Profile
-from .recipe import Options, Recipe, identity_batches, shuffled_batches
-from .registry import register
+from ...data import Record
+from ...evaluation.evaluators import Embedding, Evaluator, Pairwise
+from ...models.backbones import Backbone
+from ...models.qaconv import QAConvCriterion, QAConvNet
+from ...models.qaconv_losses import TABLE2_LOSSES, build_pooled_model, pooled_criterion
+from ...paper_numbers import QACONV_RESNET50, QACONV_TABLES
+from ...profiles import Profile
+from ..recipe import Options, Recipe, identity_batches, shuffled_batches
+from ..registry import register
 
 #: Table 1's rows: the training augmentation besides flipping.
 AUGMENTATIONS = {

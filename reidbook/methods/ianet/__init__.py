@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..models.backbones import Backbone
-from ..models.ianet import IANet, IANetCriterion
-from ..paper_numbers import IANET_BACKBONES, IANET_TABLES
-from ..profiles import Profile
-from .baseline import BASELINE
-from .recipe import Options, Recipe
-from .registry import register
+from ...models.backbones import Backbone
+from ...models.ianet import IANet, IANetCriterion
+from ...paper_numbers import IANET_BACKBONES, IANET_TABLES
+from ...profiles import Profile
+from ..baseline import BASELINE
+from ..recipe import Options, Recipe
+from ..registry import register
 
 #: The paper's IANet (Section 3.4): IA blocks after stages 2 and 3, SIA then CIA, three contexts.
 PAPER_IANET = {"stages": [2, 3], "placement": "bottleneck", "arrangement": "sia-cia", "contexts": [1, 2, 3],
