@@ -1,19 +1,19 @@
 """The book's chapters: stored clean, parameterisable, and executable end to end in the smoke profile.
 
-The smoke execution runs every chapter of ``_toc.yml`` once with papermill (in reading order, sharing one
-results store in a temporary folder) and then builds the HTML book from those outputs.
+The smoke execution (the ``smoke_book`` and ``smoke_html`` fixtures of ``conftest.py``) runs every chapter of
+``_toc.yml`` once with papermill (in reading order, sharing one results store in a temporary folder) and
+then builds the HTML book from those outputs.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import time
 
 import nbformat
 import pytest
 
-from reidbook.book import REPO_ROOT, ChapterFailed, build_html, execute_chapter, stage_sources, toc_chapters
+from reidbook.book import REPO_ROOT, toc_chapters
 
 NOTEBOOKS = sorted((REPO_ROOT / "book").glob("*.ipynb"))
 REQUIRED_PARAMETERS = {"profile", "dataset", "data_root", "device", "seed"}
@@ -47,26 +47,6 @@ def test_notebook_has_a_parameters_cell_of_plain_assignments(path):
     assert REQUIRED_PARAMETERS <= names, f"{path.name}: missing parameters {REQUIRED_PARAMETERS - names}"
 
 
-@pytest.fixture(scope="session")
-def smoke_book(tmp_path_factory):
-    """Execute every chapter in the smoke profile once; record each one's seconds or failure."""
-    staging = tmp_path_factory.mktemp("book")
-    stage_sources(staging)
-    outcome: dict[str, float | str] = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("REIDBOOK_RESULTS", str(staging / "results"))
-        for chapter in toc_chapters():
-            start = time.perf_counter()
-            try:
-                execute_chapter(REPO_ROOT / chapter, staging / chapter, {"profile": "smoke"})
-                outcome[chapter.stem] = time.perf_counter() - start
-            except ChapterFailed as err:
-                outcome[chapter.stem] = str(err)
-    seconds = {k: (round(v) if isinstance(v, float) else "FAILED") for k, v in outcome.items()}
-    print("\nsmoke execution seconds:", seconds)
-    return staging, outcome
-
-
 @pytest.mark.notebook
 @pytest.mark.parametrize("chapter", [nb.stem for nb in toc_chapters()])
 def test_chapter_executes_in_smoke_profile(smoke_book, chapter):
@@ -75,14 +55,10 @@ def test_chapter_executes_in_smoke_profile(smoke_book, chapter):
 
 
 @pytest.mark.notebook
-def test_book_builds_from_smoke_outputs(smoke_book, tmp_path):
-    staging, outcome = smoke_book
-    failed = [k for k, v in outcome.items() if not isinstance(v, float)]
-    if failed:
-        pytest.fail(f"chapters failed, so the book cannot be built: {failed}")
-    html = build_html(staging, tmp_path)
-    assert (html / "index.html").exists()
+def test_book_builds_from_smoke_outputs(smoke_book, smoke_html):
+    _, outcome = smoke_book
+    assert (smoke_html / "index.html").exists()
     for chapter in outcome:
-        page = html / "book" / f"{chapter}.html"
+        page = smoke_html / "book" / f"{chapter}.html"
         assert page.exists(), f"{page} was not built"
         assert "<img" in page.read_text(), f"{page.name} has no figure"
