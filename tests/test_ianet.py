@@ -9,6 +9,7 @@ import torch
 from reidbook.models import BaselineCriterion
 from reidbook.models.ianet import (
     ARRANGEMENTS,
+    AUTHORS_SIA,
     ChannelInteractionAggregation,
     CIABlock,
     IABlock,
@@ -209,6 +210,105 @@ def test_location_only_sia_aggregates_with_the_gaussian():
     assert torch.allclose(sia(features), expected)
 
 
+# --------------------------------------------------------------------------- the authors' released code
+
+
+def naive_authors_relation(features: torch.Tensor, location: torch.Tensor) -> torch.Tensor:
+    """The released code's SIA map by loops: softmax_j(f_i.f_j / sqrt(C)), times S^L, softmax_j again."""
+    batch, channels, height, width = features.shape
+    flat = features.reshape(batch, channels, -1)
+    positions = flat.shape[2]
+    out = torch.zeros(batch, positions, positions, dtype=features.dtype)
+    for b in range(batch):
+        for i in range(positions):
+            dots = torch.stack([flat[b, :, i] @ flat[b, :, j] for j in range(positions)])
+            dots = dots / math.sqrt(channels)
+            appearance = torch.exp(dots) / torch.exp(dots).sum()
+            fused = appearance * location[i]
+            out[b, i] = torch.exp(fused) / torch.exp(fused).sum()
+    return out
+
+
+def test_authors_formulation_is_the_released_single_context_scaled_double_softmax():
+    features = torch.randn(2, 9, 4, 3, dtype=torch.float64) * 2
+    location = LocationRelation((1.0, 2.0), reference_height=None)
+    sia = SpatialInteractionAggregation(formulation="authors", location=location)
+    expected = naive_authors_relation(features, naive_location(4, 3, (1.0, 2.0)))
+    maps = sia.relation_maps(features)
+    assert set(maps) == {"appearance_k1", "appearance", "location", "semantic", "spatial"}
+    assert torch.allclose(maps["semantic"], expected)
+    assert torch.allclose(sia(features), naive_spatial_aggregation(features, expected))  # Eq. 6
+    paper = SpatialInteractionAggregation(location=location).relation_maps(features)["semantic"]
+    assert not torch.allclose(paper, expected)  # three contexts, unscaled: another map
+
+
+def test_authors_formulation_is_reachable_from_ianet_and_accepts_its_own_values():
+    model = IANet(3, "resnet18", formulation="authors", contexts=[1], scale_dot_products=True)
+    for block in model.blocks:
+        sia = block.sia.module
+        assert sia.formulation == "authors" and sia.relation == AUTHORS_SIA["relation"]
+        assert sia.appearance.contexts == (1,) and sia.appearance.scale_dot_products
+    paper = IANet(3, "resnet18").blocks[0].sia.module
+    assert paper.appearance.contexts == (1, 2, 3) and not paper.appearance.scale_dot_products
+
+
+@pytest.mark.parametrize("formulation", ["paper", "authors"])
+def test_every_row_of_the_fused_map_is_within_exp_max_location_of_uniform(formulation):
+    """With the product fusion, S_ij = softmax_j(S^A_ij S^L_ij) and 0 <= S^A_ij S^L_ij <= S^L_ij, so a row
+    of S has max / min <= exp(max_j S^L_ij) <= exp(max S^L), whatever the features."""
+    location = LocationRelation((0.8, 1.6), reference_height=None)  # a peaked S^L: a loose bound
+    sia = SpatialInteractionAggregation(formulation=formulation, location=location)
+    for scale in (0.1, 1.0, 30.0):  # flat to one-hot appearance maps
+        features = torch.randn(3, 6, 5, 4, dtype=torch.float64) * scale
+        maps = sia.relation_maps(features)
+        semantic, s_l = maps["semantic"], maps["location"]
+        ratio = semantic.amax(dim=-1) / semantic.amin(dim=-1)  # (B, M)
+        assert (ratio <= torch.exp(s_l.amax(dim=-1)) * (1 + 1e-12)).all()
+        assert ratio.max() <= math.exp(s_l.max()) * (1 + 1e-12)
+    k1 = maps["appearance_k1"]
+    assert (k1.amax(dim=-1) / k1.amin(dim=-1)).min() > math.exp(s_l.max())  # S^A_1 itself is not flat
+
+
+@pytest.mark.parametrize("formulation", ["paper", "authors"])
+def test_relation_maps_and_aggregation_are_float32_under_autocast(formulation):
+    features = torch.randn(2, 64, 16, 8)  # the paper's stage-3 map size
+    sia = SpatialInteractionAggregation(formulation=formulation, location=paper_location_relation(3))
+    cia = ChannelInteractionAggregation()
+    reference = sia.relation_maps(features)
+    reference_out, reference_channel = sia(features), cia(features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = sia.relation_maps(features)
+        out, channel_out = sia(features), cia(features)
+        channel = cia.channel_relation(features)
+        low_input = sia.relation_maps(features.bfloat16())
+    for name, relation in maps.items():
+        assert relation.dtype == torch.float32, name
+        torch.testing.assert_close(relation, reference[name], rtol=1e-5, atol=1e-7)
+    assert channel.dtype == out.dtype == channel_out.dtype == torch.float32
+    torch.testing.assert_close(channel, cia.channel_relation(features))
+    torch.testing.assert_close(out, reference_out)
+    torch.testing.assert_close(channel_out, reference_channel)
+    rounded = sia.relation_maps(features.bfloat16().float())
+    assert low_input["spatial"].dtype == torch.float32
+    torch.testing.assert_close(low_input["spatial"], rounded["spatial"])
+    # what float32 preserves: the spread of each nearly uniform row, which bfloat16 rounds away
+    rows = reference["semantic"].reshape(-1, 128)
+    assert min(len(row.unique()) for row in rows) > 4
+    assert max(len(row.bfloat16().unique()) for row in rows) <= 2
+
+
+def test_ianet_under_autocast_keeps_float32_relation_maps():
+    model = IANet(3, "resnet18", store_relations=True).eval()
+    images = torch.randn(*TINY_IMAGE)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        embedding = model(images)
+    assert embedding.shape == (2, 512)
+    for block in model.blocks:
+        assert block.sia.last_relation.dtype == block.cia.last_relation.dtype == torch.float32
+        rows = block.sia.last_relation.sum(dim=-1)  # (B, M)
+        assert torch.allclose(rows, torch.ones_like(rows))
+
+
 # --------------------------------------------------------------------------- Eqs. 7-8
 
 
@@ -340,10 +440,15 @@ def test_non_resnet_backbones_take_blocks_after_whole_stages():
         {"relation": "shape"},
         {"fusion": "min"},
         {"contexts": ()},
+        {"formulation": "code"},
+        {"formulation": "authors", "contexts": (1, 2, 3)},
+        {"formulation": "authors", "scale_dot_products": False},
+        {"formulation": "authors", "relation": "appearance"},
+        {"formulation": "authors", "fusion": "max"},
     ],
 )
 def test_ianet_rejects_bad_options(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=next(iter(kwargs)) if len(kwargs) == 1 else "authors"):
         IANet(3, "resnet18", **kwargs)
 
 

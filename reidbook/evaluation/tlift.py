@@ -16,10 +16,22 @@ does not say:
 
 * R is drawn from the *query set* (the other query images of A's camera), and includes A;
 * P is the top K of all (nearby person, gallery image) scores, so a gallery image retrieved by two
-  nearby persons counts twice; if R x G has fewer than K pairs, all of them are pivots. The authors keep
-  every pair tied with the K-th score; here exactly K are kept (ties broken arbitrarily);
+  nearby persons counts twice; if R x G has fewer than K pairs, all of them are pivots;
 * every gallery camera is lifted, the query's own camera included;
 * nearby means ``|t_A - t_B| < tau`` (strict).
+
+Where we differ from the authors' code, on purpose:
+
+* Ties at the K-th pivot: the authors keep every pair whose score equals the K-th best (``>=`` a
+  threshold), so P can hold more than K pairs. Here P holds exactly K: pairs tied with the K-th score are
+  taken in row-major order of the score matrix, the nearby person with the lower query index first, then
+  the lower gallery index. Deterministic, and independent of the device and of ``MAX_BLOCK_ELEMENTS``.
+* A query whose camera has no gallery images is lifted like any other: its nearby persons come from the
+  query set and its pivots from each gallery camera, neither of which needs its own camera in the
+  gallery. The authors' code loops over the camera ids ``0 .. max(gallery camera id)`` for the queries
+  too, so a query whose camera id is above every gallery camera's is never visited: its p_t stays 0 and
+  its scores become ``alpha * score``, its ranking unchanged. (A camera id below the gallery's largest
+  without gallery images makes their code fail: it indexes the empty list of that camera's scores.)
 
 The paper uses K = tau = sigma = 100 and alpha = 0.1 (Section 5.1); the authors' code defaults to tau = 100,
 sigma = 200, K = 10, alpha = 0.2 and applies TLift to ``1 - re-ranked distance``. Scores should be
@@ -113,23 +125,44 @@ def pivot_weights(scores: Tensor, nearby: Tensor, K: int) -> Tensor:
     """Pivot shares within one (query camera, gallery camera) pair: scores (nq, ng), nearby (nq, nq) ->
     (nq, ng), row A = multiplicity of each gallery image among the K best pairs of R(A) x G, over |P|.
 
-    The K best pairs of R x G lie among the K best gallery images of each row of R, so each query picks its
-    pivots among ``nq * min(K, ng)`` candidates rather than ``nq * ng``.
+    Pairs are ranked by score, ties by row-major position in ``scores`` (lower query row, then lower
+    gallery column first). The K best pairs of R x G then lie among the K best gallery images of each row
+    of R, so each query picks its pivots among ``nq * min(K, ng)`` candidates rather than ``nq * ng``.
     """
     nq, ng = scores.shape
     row_k = min(K, ng)
-    row_best, row_index = scores.topk(row_k, dim=1)  # (nq, row_k) each nearby person's best matches
+    row_index = top_k_first_come(scores, row_k)  # (nq, row_k) each nearby person's best, by gallery column
+    row_best = scores.gather(1, row_index)  # (nq, row_k)
     k = min(K, nq * row_k)
     chunk = max(1, MAX_BLOCK_ELEMENTS // (nq * row_k))
     weights = torch.zeros(nq, ng, dtype=torch.float64, device=scores.device)
     for start in range(0, nq, chunk):
         near = nearby[start : start + chunk]  # (c, nq)
         candidates = row_best.unsqueeze(0).masked_fill(~near.unsqueeze(2), float("-inf"))  # (c, nq, row_k)
-        best, flat = candidates.flatten(1).topk(k, dim=1)  # (c, k) over R x G
+        candidates = candidates.flatten(1)  # (c, nq * row_k), row-major order of the (query, gallery) pairs
+        flat = top_k_first_come(candidates, k)  # (c, k) over R x G
+        best = candidates.gather(1, flat)  # (c, k)
         is_pivot = torch.isfinite(best).to(torch.float64)  # (c, k); False where R x G has < K pairs
         share = is_pivot / is_pivot.sum(dim=1, keepdim=True)  # (c, k)
         weights[start : start + chunk].scatter_add_(1, row_index.flatten()[flat], share)
     return weights
+
+
+def top_k_first_come(values: Tensor, k: int) -> Tensor:
+    """Columns of the ``k`` largest values of each row, values (n, m) -> (n, k) in ascending column order;
+    among values tied with the k-th largest, the lower columns are taken (``torch.topk`` leaves that open).
+    """
+    best, index = values.topk(min(k + 1, values.shape[1]), dim=1)  # (n, k + 1): one more, to see ties
+    index = index[:, :k]  # (n, k)
+    if best.shape[1] > k:  # a row's cut splits ties when its (k+1)-th largest equals its k-th
+        rows = (best[:, k] == best[:, k - 1]).nonzero().squeeze(1)
+        if len(rows):
+            kth = best[rows, k - 1 : k]  # (r, 1)
+            cut = values[rows]  # (r, m)
+            above, tied = cut > kth, cut == kth  # (r, m) each
+            tied &= tied.cumsum(dim=1) <= k - above.sum(dim=1, keepdim=True)  # the first tied columns needed
+            index[rows] = (above | tied).nonzero()[:, 1].view(len(rows), k)
+    return index.sort(dim=1).values
 
 
 def _smooth_over_time(weights: Tensor, times: Tensor, sigma: float) -> Tensor:

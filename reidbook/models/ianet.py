@@ -23,18 +23,32 @@ What we assumed where the extracted text is garbled or silent:
   its right, lower and lower-right neighbours). Patch cells outside the map are zero (zero padding), so
   a border position accumulates fewer products. The accumulated dot-products are sums of shifted copies
   of the K = 1 dot-product map, as the paper notes ("no extra multiplying operation").
-* Eq. 2 and Eq. 5 are read literally, as in the authors' released code: the fusion F (element-wise
-  product by default, maximum or sum for Table 4b) combines maps that are already row-normalised and a
-  second softmax follows. A single appearance context (Table 4a) is used without fusion or second
-  softmax. The same fusion F serves Eqs. 2 and 5. The double softmax keeps the ordering of each row but
-  flattens it a lot: fused maps are close to uniform in absolute value.
+* Eqs. 2 and 5 are read literally: the fusion F (element-wise product by default, maximum or sum for
+  Table 4b) combines maps that are already row-normalised and a second softmax follows. A single
+  appearance context (Table 4a) is used without fusion or second softmax. The same fusion F serves Eqs. 2
+  and 5. The second softmax keeps the ordering of each row but flattens it: with the product, entry
+  ``(i, j)`` of ``F(S^A, S^L)`` lies in ``[0, S^L_ij]``, so every row of the semantic map ``S`` has
+  ``max / min <= exp(max_j S^L_ij) <= exp(max S^L)`` whatever the features (1.0038 for the paper's
+  stage-2 map, 32 x 16 cells, 1.015 for its stage-3 map, 16 x 8), and every row of a fused ``S^A`` has
+  ``max / min <= e``.
+* The authors' released code (``formulation="authors"``) is not the paper's Eq. 2: it has no multi-context
+  step. Its SIA takes one context (K = 1), divides the dot-products by sqrt(C), applies a softmax, takes
+  the element-wise product with ``S^L`` and one more softmax: ``S = softmax(softmax(F^T F / sqrt(C)) *
+  S^L)``, i.e. Eq. 5's double softmax on a single-context ``S^A``. The bound above holds for it too.
+  ``formulation="paper"`` (the default) follows the paper, dot-products unscaled unless
+  ``scale_dot_products=True``.
+* Precision: the relation maps and the aggregations (Eqs. 1-8) are computed in float32 even under
+  ``torch.autocast`` (autocast is switched off inside the SIA and CIA modules and their input cast to
+  float32). In float16 or bfloat16 each nearly uniform row of ``S`` would round to a single value, and
+  ``F F^T`` summed over many positions can overflow float16. Under autocast ``E_S`` and ``E_C`` stay
+  float32 (the next convolution casts again); without it they take the input's dtype.
 * Eq. 3: ``sigma1`` acts on the horizontal coordinate x (columns), ``sigma2`` on the vertical one y
   (rows); the paper uses (10, 20) after stage 2 and (5, 10) after stage 3 of a 256 x 128 input, i.e. on
   32 x 16 and 16 x 8 maps (the released code names them alpha_x, alpha_y). Both equal
   (0.3125 H, 0.625 H) for a map H rows high: we scale them by ``H / H_paper`` for other input sizes and
   extrapolate the same ratio to stages 1 and 4. The Gaussian's constant cancels in Eq. 4.
 * Dot-products are not scaled (the paper); ``scale_dot_products=True`` divides the appearance
-  dot-products by sqrt(C) as the authors' released code does.
+  dot-products by sqrt(C) as the authors' released code does (part of ``formulation="authors"``).
 * "The parameters of BN are initialised to zeros": both weight (gamma) and bias (beta).
 * The "parallel" arrangement of Table 4d adds both residuals to the input: ``Y = F + BN(E_S) + BN(E_C)``.
 """
@@ -43,6 +57,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import reduce
 
@@ -64,6 +79,10 @@ RELATIONS = ("appearance", "location", "semantic")
 ARRANGEMENTS = ("sia-cia", "cia-sia", "parallel", "sia", "cia")
 PLACEMENTS = ("bottleneck", "every_block")
 PAPER_CONTEXTS = (1, 2, 3)
+FORMULATIONS = ("paper", "authors")
+# What formulation="authors" fixes (the released code's SIA): one K = 1 context, dot-products / sqrt(C),
+# the product with S^L and a softmax.
+AUTHORS_SIA = {"contexts": (1,), "fusion": "product", "relation": "semantic", "scale_dot_products": True}
 # (sigma1, sigma2) in cells, and the map height they refer to (256 x 128 input, last stride 1). Stages 2
 # and 3 are the paper's (Section 4.1); stages 1 and 4 extrapolate the same sigma / height ratio.
 PAPER_SIGMAS: dict[int, tuple[tuple[float, float], int]] = {
@@ -77,6 +96,52 @@ PAPER_SIGMAS: dict[int, tuple[tuple[float, float], int]] = {
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def resolve_formulation(
+    formulation: str,
+    contexts: Sequence[int] | None,
+    fusion: str,
+    relation: str,
+    scale_dot_products: bool | None,
+) -> tuple[tuple[int, ...], bool]:
+    """``(contexts, scale_dot_products)`` of a formulation; ``None`` means the formulation's value.
+
+    ``"paper"``: contexts (1, 2, 3) and unscaled dot-products unless given. ``"authors"``: the released
+    code's SIA, :data:`AUTHORS_SIA`; an argument given with another value than it fixes is an error.
+    """
+    _check_choice("formulation", formulation, FORMULATIONS)
+    if formulation == "paper":
+        return tuple(PAPER_CONTEXTS if contexts is None else contexts), bool(scale_dot_products)
+    given = {
+        "contexts": None if contexts is None else tuple(contexts),
+        "fusion": fusion,
+        "relation": relation,
+        "scale_dot_products": scale_dot_products,
+    }
+    for name, value in given.items():
+        if value is not None and value != AUTHORS_SIA[name]:
+            raise ValueError(
+                f"formulation='authors' fixes {name} to {AUTHORS_SIA[name]!r} (the released code), "
+                f"got {value!r}"
+            )
+    return AUTHORS_SIA["contexts"], AUTHORS_SIA["scale_dot_products"]
+
+
+def _autocast_on(device_type: str) -> bool:
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def _full_precision(features: Tensor) -> Tensor:
+    """float16 / bfloat16 features cast to float32; float32 and float64 ones unchanged."""
+    return features if features.dtype in (torch.float32, torch.float64) else features.float()
+
+
+def _float32_context(device_type: str) -> AbstractContextManager:
+    """Autocast switched off, so that float32 inputs give float32 results (no-op where it is absent)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()
 
 
 # --------------------------------------------------------------------------- appearance relations (Eqs. 1-2)
@@ -282,6 +347,11 @@ class SpatialInteractionAggregation(nn.Module):
 
     ``relation`` picks the map used for aggregation (Table 4c): ``"appearance"`` (``S^A``, Eqs. 1-2),
     ``"location"`` (``S^L``, Eqs. 3-4) or ``"semantic"`` (``S = softmax(F(S^A, S^L))``, Eq. 5).
+    ``formulation="authors"`` is the released code's SIA, ``softmax(softmax(F^T F / sqrt(C)) * S^L)``:
+    it fixes ``contexts=(1,)``, ``fusion="product"``, ``relation="semantic"`` and
+    ``scale_dot_products=True`` (:func:`resolve_formulation`). ``contexts=None`` and
+    ``scale_dot_products=None`` take the formulation's values (paper: (1, 2, 3) and False).
+    Maps and aggregation are computed in float32, autocast or not (module docstring).
     With ``store_relations`` set, every forward keeps (detached) ``last_relation`` (B, M, M), the map
     used, and ``last_relations``, every map computed on the way (``"appearance_k1"``, ...,
     ``"appearance"``, ``"location"``, ``"semantic"``).
@@ -289,15 +359,20 @@ class SpatialInteractionAggregation(nn.Module):
 
     def __init__(
         self,
-        contexts: Sequence[int] = PAPER_CONTEXTS,
+        contexts: Sequence[int] | None = None,
         fusion: str = "product",
         relation: str = "semantic",
         location: LocationRelation | None = None,
-        scale_dot_products: bool = False,
+        scale_dot_products: bool | None = None,
         store_relations: bool = False,
+        formulation: str = "paper",
     ) -> None:
         super().__init__()
         _check_choice("relation", relation, RELATIONS)
+        contexts, scale_dot_products = resolve_formulation(
+            formulation, contexts, fusion, relation, scale_dot_products
+        )
+        self.formulation = formulation
         self.relation = relation
         self.fusion = fusion
         self.appearance = MultiContextAppearanceRelation(contexts, fusion, scale_dot_products)
@@ -309,37 +384,46 @@ class SpatialInteractionAggregation(nn.Module):
     def relation_maps(self, features: Tensor) -> dict[str, Tensor]:
         """Every map the chosen relation needs, keyed by name; ``"spatial"`` is the one aggregated with.
 
-        features (B, C, H, W) -> maps (B, M, M) (``"location"``: (M, M)).
+        features (B, C, H, W) -> maps (B, M, M) (``"location"``: (M, M)), float32 for float16, bfloat16
+        or float32 features (float64 for float64), with or without autocast.
         """
-        maps: dict[str, Tensor] = {}
-        if self.relation in ("appearance", "semantic"):
-            single = self.appearance.single_context_maps(features)
-            maps.update({f"appearance_k{k}": s for k, s in single.items()})
-            maps["appearance"] = self.appearance.fuse_contexts(list(single.values()), self.fusion)
-        if self.relation in ("location", "semantic"):
-            maps["location"] = self.location(features)  # (M, M)
-        if self.relation == "semantic":
-            maps["semantic"] = fuse([maps["appearance"], maps["location"]], self.fusion).softmax(dim=-1)
+        with _float32_context(features.device.type):
+            features = _full_precision(features)
+            maps: dict[str, Tensor] = {}
+            if self.relation in ("appearance", "semantic"):
+                single = self.appearance.single_context_maps(features)
+                maps.update({f"appearance_k{k}": s for k, s in single.items()})
+                maps["appearance"] = self.appearance.fuse_contexts(list(single.values()), self.fusion)
+            if self.relation in ("location", "semantic"):
+                maps["location"] = self.location(features)  # (M, M)
+            if self.relation == "semantic":
+                maps["semantic"] = fuse([maps["appearance"], maps["location"]], self.fusion).softmax(dim=-1)
         spatial = maps[self.relation]
         maps["spatial"] = spatial.expand(features.shape[0], *spatial.shape[-2:])  # (B, M, M)
         return maps
 
     def forward(self, features: Tensor) -> Tensor:
-        """features F (B, C, H, W) -> E_S (B, C, H, W), Eq. 6."""
-        maps = self.relation_maps(features)
-        relation = maps["spatial"]  # (B, M, M), rows sum to 1
+        """features F (B, C, H, W) -> E_S (B, C, H, W), Eq. 6; float32 under autocast, else F's dtype."""
+        full = _full_precision(features)  # (B, C, H, W)
+        out_dtype = full.dtype if _autocast_on(features.device.type) else features.dtype
+        maps = self.relation_maps(full)
+        relation = maps["spatial"]  # (B, M, M) float32, rows sum to 1
         if self.store_relations:
             self.last_relation = relation.detach()
             self.last_relations = {name: m.detach() for name, m in maps.items() if name != "spatial"}
-        flat = features.flatten(2)  # (B, C, M)
-        aggregated = flat @ relation.transpose(1, 2)  # (B, C, M): E_S = F S^T
-        return aggregated.view_as(features)
+        with _float32_context(features.device.type):
+            aggregated = full.flatten(2) @ relation.transpose(1, 2)  # (B, C, M): E_S = F S^T
+        return aggregated.view_as(features).to(out_dtype)
+
+    def extra_repr(self) -> str:
+        return f"formulation={self.formulation!r}, relation={self.relation!r}, fusion={self.fusion!r}"
 
 
 class ChannelInteractionAggregation(nn.Module):
     """CIA module (Section 3.2, Fig. 5): ``C = softmax(F F^T)`` (Eq. 7), ``E_C = C F`` (Eq. 8).
 
-    With ``store_relations`` set, every forward keeps (detached) ``last_relation`` (B, C, C).
+    Computed in float32, autocast or not (module docstring). With ``store_relations`` set, every forward
+    keeps (detached) ``last_relation`` (B, C, C).
     """
 
     def __init__(self, store_relations: bool = False) -> None:
@@ -349,17 +433,21 @@ class ChannelInteractionAggregation(nn.Module):
 
     @staticmethod
     def channel_relation(features: Tensor) -> Tensor:
-        """Eq. 7: features (B, C, H, W) -> C (B, C, C), each row softmax-normalised."""
-        flat = features.flatten(2)  # (B, C, M)
-        return (flat @ flat.transpose(1, 2)).softmax(dim=-1)  # (B, C, C)
+        """Eq. 7: features (B, C, H, W) -> C (B, C, C), rows softmax-normalised; float32 at least."""
+        with _float32_context(features.device.type):
+            flat = _full_precision(features).flatten(2)  # (B, C, M)
+            return (flat @ flat.transpose(1, 2)).softmax(dim=-1)  # (B, C, C)
 
     def forward(self, features: Tensor) -> Tensor:
-        """features F (B, C, H, W) -> E_C (B, C, H, W), Eq. 8."""
-        relation = self.channel_relation(features)  # (B, C, C)
+        """features F (B, C, H, W) -> E_C (B, C, H, W), Eq. 8; float32 under autocast, else F's dtype."""
+        full = _full_precision(features)  # (B, C, H, W)
+        out_dtype = full.dtype if _autocast_on(features.device.type) else features.dtype
+        relation = self.channel_relation(full)  # (B, C, C) float32
         if self.store_relations:
             self.last_relation = relation.detach()
-        aggregated = relation @ features.flatten(2)  # (B, C, M): E_C = C F
-        return aggregated.view_as(features)
+        with _float32_context(features.device.type):
+            aggregated = relation @ full.flatten(2)  # (B, C, M): E_C = C F
+        return aggregated.view_as(features).to(out_dtype)
 
 
 # --------------------------------------------------------------------------- blocks (Eq. 9, Section 3.3)
@@ -501,6 +589,8 @@ class IANet(Baseline):
             of the stage, ResNets only), Table 4f.
         arrangement: see :class:`IABlock` (Table 4d).
         contexts, fusion, relation, scale_dot_products: see :class:`SpatialInteractionAggregation`.
+        formulation: ``"paper"`` (Eqs. 1-5 as written) or ``"authors"`` (the released code's SIA, which
+            fixes contexts, fusion, relation and scale_dot_products; see :func:`resolve_formulation`).
         sigma_scale: multiplies the paper's location sigmas (Fig. 7).
         store_relations: keep each block's relation maps (``model.blocks[i].sia.last_relation``).
         eval_feature: ``"bn_feat"`` or ``"feat"``.
@@ -516,14 +606,16 @@ class IANet(Baseline):
         stages: Sequence[int] = (2, 3),
         placement: str = "bottleneck",
         arrangement: str = "sia-cia",
-        contexts: Sequence[int] = PAPER_CONTEXTS,
+        contexts: Sequence[int] | None = None,
         fusion: str = "product",
         relation: str = "semantic",
-        scale_dot_products: bool = False,
+        scale_dot_products: bool | None = None,
+        formulation: str = "paper",
         sigma_scale: float = 1.0,
         store_relations: bool = False,
         eval_feature: str = "bn_feat",
     ) -> None:
+        resolve_formulation(formulation, contexts, fusion, relation, scale_dot_products)  # fail early
         if isinstance(backbone, str):
             backbone = build_backbone(backbone, pretrained=pretrained, last_stride=last_stride)
 
@@ -537,6 +629,7 @@ class IANet(Baseline):
                 relation=relation,
                 location=paper_location_relation(stage, sigma_scale),
                 scale_dot_products=scale_dot_products,
+                formulation=formulation,
             )
 
         super().__init__(
