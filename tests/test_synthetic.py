@@ -17,13 +17,23 @@ from reidbook.data import load_dataset
 from reidbook.data.synthetic import (
     CUE_FIELDS,
     MANIFEST,
+    PLANNERS,
+    PRESET_READERS,
+    PRESETS,
+    STYLES,
     Nuisances,
+    blend_styles,
+    domain_gap_proxy,
     generate_world,
+    get_style,
     make_cameras,
     render_person,
+    resolve_spec,
     sample_identities,
     world_path,
+    write_manifest,
 )
+from reidbook.data.synthetic.domain_gap import two_sample_statistics
 from reidbook.data.synthetic.render import NEUTRAL_BG, OUT_W
 from reidbook.evaluation import evaluate_rank
 from reidbook.models.color_histogram import ColorHistogramMatcher, histogram_distance, stripe_histograms
@@ -336,3 +346,115 @@ def test_nuisance_knob_changes_only_its_images():
     occluded = render_person(person, nuisances=Nuisances.off(), seed=4, occluder="pole", occluder_pos=0.3)
     assert base.shot is not None and replace(base.shot, occluder="pole", occluder_pos=0.3) == occluded.shot
     assert not np.array_equal(np.asarray(base.image), np.asarray(occluded.image))
+
+
+# ------------------------------------------------------------------------- person worlds stay as they were
+
+# Recorded before the vehicle presets and the domain_gap knob were added (cached worlds and stored runs
+# depend on these bytes): the sha1 of each small world's synthetic_images.csv, and the sha1 of the raw
+# pixels (before JPEG/BMP encoding) of every 25th image of its plan, each preceded by its path. A change
+# that is meant to alter them must bump GENERATOR_VERSION and update these digests.
+PINNED_WORLDS = {
+    "market": ("9bca32b95b30901dd558250a3406d33a2c0efa01", "1d29e765e47c381ecc844393ffaccf798d7ac9a3"),
+    "market-b": ("5edecd7b9a4c7e499e0a502b90d72b497d5baf87", "8775804f2dfbec25b1c1981d937e9a7afe7df6c0"),
+    "sysu": ("db24b32d734e0422dd9681688c660fb11adec532", "bbe66514a449ebada59a6b626ec2e0e13aac282f"),
+    "regdb": ("48cf3446b1153e3179519c0582ce11e6b472b6b7", "6f5fcdb5375e2bd9c735a31e66aa578e4a6d1b29"),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PINNED_WORLDS))
+def test_person_worlds_are_unchanged(preset, tmp_path):
+    plan = PLANNERS[preset](resolve_spec(preset, {"world_size": "small"}), 0)
+    write_manifest(plan, tmp_path, {})
+    pixels = hashlib.sha1()
+    for job in plan.jobs[::25]:
+        pixels.update(job.relpath.encode())
+        pixels.update(np.asarray(job.render()).tobytes())
+    manifest_digest = hashlib.sha1((tmp_path / MANIFEST).read_bytes()).hexdigest()
+    assert (manifest_digest, pixels.hexdigest()) == PINNED_WORLDS[preset]
+
+
+def test_every_preset_names_its_reader():
+    assert set(PRESET_READERS) == set(PRESETS)
+    assert PRESET_READERS["market-b"] == "market1501" and PRESET_READERS["veri"] == "veri776"
+
+
+# --------------------------------------------------------------------------------------- the domain gap
+
+TINY = dict(
+    world_size="small", num_train_ids=16, num_test_ids=16, num_distractors=0, num_junk=0, max_images=4
+)
+
+
+def test_blended_styles_interpolate_every_ingredient():
+    market, target = STYLES["market"], STYLES["market-b"]
+    assert blend_styles(market, target, 0.0) is market and blend_styles(market, target, 1.0) is target
+    half = get_style("market-b@0.5")
+    assert half == blend_styles(market, target, 0.5) and half.name == "market-b@0.5"
+    assert half.resolution == pytest.approx(0.75) and half.indoor == pytest.approx(0.5)
+    assert half.cast_spread == pytest.approx(0.07)
+    assert half.gain_range == pytest.approx((0.865, 1.175))
+    assert half.pattern_weights == pytest.approx(np.add(market.pattern_weights, target.pattern_weights) / 2)
+    weights = np.asarray(half.clothes_weights)
+    assert half.clothes == market.clothes + target.clothes and weights.sum() == pytest.approx(1.0)
+    assert weights[len(market.clothes) :].sum() == pytest.approx(0.5), "half the garments from market-b"
+    for a, b, mixed in zip(market.walls, target.walls, half.walls):
+        assert mixed == tuple(round((x + y) / 2) for x, y in zip(a, b))
+    resolutions = [get_style(f"market-b@{t}").resolution for t in (0.3, 0.5, 0.7)]
+    assert resolutions == sorted(resolutions, reverse=True) and 0.5 < resolutions[-1] < resolutions[0] < 1
+    with pytest.raises(ValueError, match="Unknown style"):
+        get_style("market-b@half")
+    with pytest.raises(ValueError, match=r"t must be in \[0, 1\]"):
+        blend_styles(market, target, 1.5)
+
+
+def test_domain_gap_knob_is_a_market_b_knob(worlds):
+    assert world_path(worlds, "market-b", 0, domain_gap=1.0) == world_path(worlds, "market-b", 0)
+    assert world_path(worlds, "market-b", 0, domain_gap=0.5).name.startswith("market-b-s0-v1-k")
+    with pytest.raises(ValueError, match="domain_gap.*does not apply to preset 'market'"):
+        world_path(worlds, "market", 0, domain_gap=0.5)
+    with pytest.raises(ValueError, match="domain_gap must be in"):
+        world_path(worlds, "market-b", 0, domain_gap=1.2)
+
+
+def test_two_sample_statistics_against_a_naive_loop():
+    rng = np.random.default_rng(0)
+    features = rng.dirichlet(np.ones(6), (14, 3))  # 14 images, 3 stripes, 6 bins
+    pids = np.array([0, 0, 1, 1, 2, 3, 3, 0, 0, 1, 5, 5, 5, 2])  # first 7 in sample a, last 7 in sample b
+    matcher = ColorHistogramMatcher()
+    separability, shift = two_sample_statistics(features[:7], pids[:7], features[7:], pids[7:], matcher)
+    sample = [0] * 7 + [1] * 7
+    hits, chances = [], []
+    for i in range(14):
+        others = [j for j in range(14) if not (sample[j] == sample[i] and pids[j] == pids[i])]
+        d = [histogram_distance(features[i : i + 1], features[j : j + 1])[0, 0] for j in others]
+        hits.append(sample[others[int(np.argmin(d))]] == sample[i])
+        chances.append(np.mean([sample[j] == sample[i] for j in others]))
+    share, chance = np.mean(hits), np.mean(chances)
+    assert separability == pytest.approx((share - chance) / (1 - chance))
+    mean_a, mean_b = features[:7].mean(0), features[7:].mean(0)
+    naive_shift = np.mean([np.sqrt(1 - np.sum(np.sqrt(mean_a[s] * mean_b[s]))) for s in range(3)])
+    assert shift == pytest.approx(naive_shift)
+
+
+def test_domain_gap_zero_is_the_market_world_and_the_proxy_grows_with_the_gap(worlds):
+    """gap 0 renders the market world byte for byte; the proxy is 0 there and grows through 0.5 to 1.
+    Values on the small worlds (seed 0, 300 images): gap 0.3 / 0.5 / 0.7 / 1 -> separability excess
+    0.39 / 0.60 / 0.66 / 0.84, histogram-shift excess 0.11 / 0.20 / 0.27 / 0.35."""
+    market = generate_world(worlds, "market", seed=0, progress=False, **TINY)
+    zero = generate_world(worlds, "market-b", seed=0, domain_gap=0.0, progress=False, **TINY)
+    assert file_digests(zero) == file_digests(market)
+    source = load_dataset("market1501", market)
+    proxies = [
+        domain_gap_proxy(
+            source,
+            load_dataset(
+                "market1501", generate_world(worlds, "market-b", 0, domain_gap=g, progress=False, **TINY)
+            ),
+            images=150,
+        )
+        for g in (0.0, 0.5, 1.0)
+    ]
+    assert proxies[0].gap == 0.0 and proxies[0].shift == 0.0
+    assert 0.0 < proxies[1].gap < proxies[2].gap and 0.0 < proxies[1].shift < proxies[2].shift
+    assert proxies[2].gap > 0.3

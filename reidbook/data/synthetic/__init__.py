@@ -1,4 +1,4 @@
-"""The built-in synthetic world: procedural pedestrians, cameras and time, written as real datasets.
+"""The built-in synthetic world: procedural people and vehicles, cameras and time, written as real datasets.
 
 Nobody needs Market-1501 or a GPU to run the book: :func:`generate_world` renders a world (numpy + PIL,
 deterministic from a seed, a few seconds on 2 cores) in the on-disk format of a real dataset, which
@@ -10,10 +10,18 @@ deterministic from a seed, a few seconds on 2 cores) in the on-disk format of a 
     path = generate_world("data", preset="market", seed=0)          # data/synthetic/market-s0-v1
     dataset = load_dataset("market1501", path)
 
-Presets: ``market`` (default) and ``market-b`` (a second visual domain) in the Market-1501 layout,
-``sysu`` (SYSU-MM01: visible + infrared cameras) and ``regdb`` (RegDB: paired visible/thermal images).
-Knobs (see :class:`WorldSpec`): world size (``world_size="small"`` or explicit counts), timeline, and
-every nuisance strength (``occlusion=2.0``, ``nuisances=Nuisances.off()``, ...).
+Presets (each read by the real reader named in :data:`PRESET_READERS`): ``market`` (default) and
+``market-b`` (a second visual domain) in the Market-1501 layout, ``sysu`` (SYSU-MM01: visible + infrared
+cameras), ``regdb`` (RegDB: paired visible/thermal images), and the vehicle worlds ``veri`` (VeRi-776: 20
+cameras at crossings, all views) and ``vehicleid`` (VehicleID: mostly fronts and rears; test lists of
+80/160/240 vehicles under VehicleID's names ``test_list_800/1600/2400``, scaled by ``test_sizes``).
+Knobs (see :class:`WorldSpec`): world size (``world_size="small"`` or explicit counts), timeline, every
+nuisance strength (``occlusion=2.0``, ``nuisances=Nuisances.off()``, ...), and for ``market-b`` the
+``domain_gap`` (0: the market style ... 1: the full second style; :func:`domain_gap_proxy` measures it)::
+
+    load_dataset("veri776", generate_world("data", preset="veri"))
+    load_dataset("vehicleid", generate_world("data", preset="vehicleid"), test_size=1600)
+    generate_world("data", preset="market-b", domain_gap=0.5)
 
 Time coupling with the Market reader: every camera records ``sessions`` sessions of the same length
 ``L = 25 * session_seconds`` frames, session ``s`` of every camera starting at world time
@@ -32,46 +40,102 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from .domain_gap import DomainGap, domain_gap_proxy
 from .identities import (
     CUE_FIELDS,
     STYLES,
     Identity,
     Style,
+    blend_styles,
+    get_style,
     make_confusable,
     sample_identities,
     sample_identity,
 )
-from .presets import GENERATOR_VERSION, PRESETS, WorldSpec, knob_names, resolve_spec, world_folder_name
+from .presets import (
+    GENERATOR_VERSION,
+    PRESET_KNOBS,
+    PRESET_READERS,
+    PRESETS,
+    WorldSpec,
+    knob_names,
+    resolve_spec,
+    world_folder_name,
+)
 from .render import Camera, Nuisances, Rendered, Shot, make_cameras, render_person, render_shot, sample_shot
 from .timeline import FPS, make_network, session_frame
+from .vehicle_render import (
+    VEHICLE_VIEWS,
+    VIEW_AZIMUTH,
+    RenderedVehicle,
+    RoadCamera,
+    VehicleShot,
+    make_road_cameras,
+    render_vehicle,
+    render_vehicle_shot,
+    sample_vehicle_shot,
+)
+from .vehicles import (
+    BODY_TYPES,
+    VEHICLE_CUE_FIELDS,
+    Vehicle,
+    VehicleModel,
+    make_vehicle_twin,
+    sample_vehicle,
+    sample_vehicles,
+    vehicle_model,
+)
 from .writers import MANIFEST, PLANNERS, WORLD_INFO, render_jobs, write_manifest
 
 __all__ = [
+    "BODY_TYPES",
     "CUE_FIELDS",
     "FPS",
     "GENERATOR_VERSION",
     "MANIFEST",
     "PRESETS",
+    "PRESET_KNOBS",
+    "PRESET_READERS",
     "STYLES",
+    "VEHICLE_CUE_FIELDS",
+    "VEHICLE_VIEWS",
+    "VIEW_AZIMUTH",
     "WORLD_INFO",
     "Camera",
+    "DomainGap",
     "Identity",
     "Nuisances",
     "Rendered",
+    "RenderedVehicle",
+    "RoadCamera",
     "Shot",
     "Style",
+    "Vehicle",
+    "VehicleModel",
+    "VehicleShot",
     "WorldSpec",
+    "blend_styles",
+    "domain_gap_proxy",
     "generate_world",
+    "get_style",
     "knob_names",
     "make_cameras",
     "make_confusable",
     "make_network",
+    "make_road_cameras",
+    "make_vehicle_twin",
     "render_person",
     "render_shot",
+    "render_vehicle",
+    "render_vehicle_shot",
     "sample_identities",
     "sample_identity",
     "sample_shot",
+    "sample_vehicle",
+    "sample_vehicle_shot",
+    "sample_vehicles",
     "session_frame",
+    "vehicle_model",
     "world_path",
 ]
 

@@ -2,7 +2,8 @@
 
 An identity is a small record of visual attributes (body, skin, hair, garments, shoes, accessories).
 Two visual domains (:class:`Style`) draw those attributes from different palettes, so that a model
-trained on one domain can be tested on the other. A fraction of identities are *confusable twins*:
+trained on one domain can be tested on the other; :func:`blend_styles` builds the styles in between
+(the ``domain_gap`` knob of the ``market-b`` preset). A fraction of identities are *confusable twins*:
 exact copies of another identity except for one small cue (shoes, bag or chest logo) — the
 fine-grained negatives every ReID method must learn to separate.
 """
@@ -36,7 +37,7 @@ class Style:
     clothes_weights: tuple[float, ...]
     walls: tuple[RGB, ...]  # background upper part
     grounds: tuple[RGB, ...]  # background lower part
-    scene: str  # "outdoor" (trees, poles, kerbs) or "indoor" (shop fronts, tiles)
+    indoor: float  # 0: outdoor (trees, poles, kerbs); 1: indoor (shop fronts, tiled floors); between: a mix
     cast_spread: float  # std of per-camera RGB gain around 1 (colour cast)
     gain_range: tuple[float, float]  # per-camera brightness gain
     resolution: float = 1.0  # < 1: rendered small and upsampled (a blurrier, lower-resolution domain)
@@ -81,7 +82,7 @@ STYLES: dict[str, Style] = {
         clothes_weights=(3, 2, 1.5, 2, 2, 1.5, 1, 1, 0.7, 0.7, 1, 0.5, 0.5, 0.5),
         walls=((150, 142, 135), (160, 135, 120), (125, 130, 125), (180, 176, 168), (105, 108, 112)),
         grounds=((115, 115, 110), (135, 128, 118), (100, 105, 95), (145, 145, 145)),
-        scene="outdoor",
+        indoor=0.0,
         cast_spread=0.04,
         gain_range=(0.88, 1.1),
     ),
@@ -91,7 +92,7 @@ STYLES: dict[str, Style] = {
         clothes_weights=(2, 1.5, 1, 1.5, 1, 1, 1.5, 1, 2, 1, 0.7, 2),
         walls=((225, 220, 205), (200, 205, 215), (235, 200, 160), (180, 175, 190)),
         grounds=((200, 190, 175), (160, 150, 150), (185, 195, 200)),
-        scene="indoor",
+        indoor=1.0,
         cast_spread=0.1,
         gain_range=(0.85, 1.25),
         resolution=0.5,
@@ -100,10 +101,69 @@ STYLES: dict[str, Style] = {
 }
 
 
+def blend_styles(source: Style, target: Style, t: float) -> Style:
+    """The style a fraction ``t`` of the way from ``source`` to ``target``: ``source`` itself at 0,
+    ``target`` itself at 1 (so those worlds are byte for byte the pure styles' worlds).
+
+    In between, every ingredient of the difference moves with ``t``: garments are drawn from the union
+    of both palettes, ``target``'s with total probability ``t``; pattern shares, colour-cast spread,
+    brightness gains, the indoor share of scene objects and the resolution factor (the blur of a
+    low-resolution domain) are interpolated linearly, and wall and floor colours are blended pairwise
+    (the shorter list repeated). The result is named ``"<target>@<t>"``, which :func:`get_style` reads back.
+    """
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"t must be in [0, 1], got {t}")
+    if t == 0.0:
+        return source
+    if t == 1.0:
+        return target
+
+    def lerp(a: float, b: float) -> float:
+        return (1.0 - t) * a + t * b
+
+    def blend(a: tuple[RGB, ...], b: tuple[RGB, ...]) -> tuple[RGB, ...]:
+        n = max(len(a), len(b))
+        return tuple(
+            tuple(int(round(lerp(x, y))) for x, y in zip(a[i % len(a)], b[i % len(b)]))  # type: ignore[misc]
+            for i in range(n)
+        )
+
+    source_share = np.asarray(source.clothes_weights, float) / sum(source.clothes_weights)
+    target_share = np.asarray(target.clothes_weights, float) / sum(target.clothes_weights)
+    return Style(
+        name=f"{target.name}@{t!r}",
+        clothes=source.clothes + target.clothes,
+        clothes_weights=tuple(float(w) for w in np.concatenate([(1 - t) * source_share, t * target_share])),
+        walls=blend(source.walls, target.walls),
+        grounds=blend(source.grounds, target.grounds),
+        indoor=lerp(source.indoor, target.indoor),
+        cast_spread=lerp(source.cast_spread, target.cast_spread),
+        gain_range=(
+            lerp(source.gain_range[0], target.gain_range[0]),
+            lerp(source.gain_range[1], target.gain_range[1]),
+        ),
+        resolution=lerp(source.resolution, target.resolution),
+        pattern_weights=tuple(lerp(a, b) for a, b in zip(source.pattern_weights, target.pattern_weights)),  # type: ignore[arg-type]
+    )
+
+
 def get_style(name: str) -> Style:
-    if name not in STYLES:
-        raise ValueError(f"Unknown style {name!r}; expected one of {sorted(STYLES)}")
-    return STYLES[name]
+    """A style by name: a key of :data:`STYLES`, or ``"<style>@<t>"`` for the blend
+    ``blend_styles(STYLES["market"], STYLES[<style>], t)``."""
+    base, at, t = name.partition("@")
+    if base not in STYLES or (at and not _is_float(t)):
+        raise ValueError(
+            f"Unknown style {name!r}; expected one of {sorted(STYLES)} or '<style>@<t in [0, 1]>'"
+        )
+    return blend_styles(STYLES["market"], STYLES[base], float(t)) if at else STYLES[base]
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

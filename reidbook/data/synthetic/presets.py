@@ -3,6 +3,11 @@
 A world is fully determined by (preset, seed, :data:`GENERATOR_VERSION`, knobs). Worlds are cached in a
 folder named after the first three plus a short hash of the knobs that differ from the preset's
 defaults, e.g. ``market-s0-v1`` or ``market-s0-v1-k3f2a9c``.
+
+Presets and the real dataset reader that reads each (:data:`PRESET_READERS`): ``market`` and
+``market-b`` (Market-1501 layout), ``sysu`` (SYSU-MM01), ``regdb`` (RegDB), ``veri`` (VeRi-776) and
+``vehicleid`` (VehicleID). Some knobs belong to some presets only (:data:`PRESET_KNOBS`); setting one on
+another preset is an error rather than a silent no-op.
 """
 
 from __future__ import annotations
@@ -16,7 +21,22 @@ from .render import Nuisances
 #: Bump when the generator's output changes, so cached worlds are regenerated.
 GENERATOR_VERSION = 1
 
-PRESETS = ("market", "market-b", "sysu", "regdb")
+PRESETS = ("market", "market-b", "sysu", "regdb", "veri", "vehicleid")
+#: Built-in world preset -> the name of the real dataset reader (:func:`reidbook.data.load_dataset`).
+PRESET_READERS = {
+    "market": "market1501",
+    "market-b": "market1501",
+    "sysu": "sysu",
+    "regdb": "regdb",
+    "veri": "veri776",
+    "vehicleid": "vehicleid",
+}
+#: Knobs that only some presets use.
+PRESET_KNOBS = {
+    "domain_gap": ("market-b",),
+    "num_cameras": ("veri", "vehicleid"),
+    "test_sizes": ("vehicleid",),
+}
 WORLD_SIZES = ("small", "default")
 
 
@@ -28,9 +48,9 @@ class WorldSpec:
     num_train_ids: int = 200
     num_test_ids: int = 200
     num_val_ids: int = 0  # SYSU-MM01's exp/val_id.txt (training ids kept for validation)
-    min_images: int = 3  # images per identity per camera it walks through
+    min_images: int = 3  # images per identity per camera it walks through (vehicles: per camera track)
     max_images: int = 8
-    min_path: int = 2  # cameras on a group's path (Market-style presets)
+    min_path: int = 2  # cameras on a group's path (Market-style presets; vehicles: cameras per vehicle)
     max_path: int = 5
     num_distractors: int = 250  # pid 0000 images in bounding_box_test, besides one per session end
     num_junk: int = 100  # pid -1 images (bad crops) in bounding_box_test
@@ -48,6 +68,10 @@ class WorldSpec:
     clutter: float = 1.0
     illumination: float = 1.0
     blur: float = 1.0
+    # Knobs of some presets only (None elsewhere; see PRESET_KNOBS).
+    domain_gap: float | None = None  # market-b: 0 = the market style ... 1 = the full market-b style
+    num_cameras: int | None = None  # veri, vehicleid: cameras in the network
+    test_sizes: tuple[int, int, int] | None = None  # vehicleid: vehicles in test_list_800/1600/2400
 
     @property
     def nuisances(self) -> Nuisances:
@@ -58,6 +82,7 @@ class WorldSpec:
         return int(round(self.session_seconds * 25))
 
     def validate(self) -> None:
+        cameras = 6 if self.num_cameras is None else self.num_cameras
         if self.num_train_ids < 2 or self.num_test_ids < 2:
             raise ValueError(
                 f"num_train_ids and num_test_ids must be >= 2, got "
@@ -68,8 +93,10 @@ class WorldSpec:
                 f"need 2 <= min_images <= max_images (one query and one gallery image per "
                 f"camera), got {self.min_images}, {self.max_images}"
             )
-        if not 2 <= self.min_path <= self.max_path <= 6:
-            raise ValueError(f"need 2 <= min_path <= max_path <= 6, got {self.min_path}, {self.max_path}")
+        if not 2 <= self.min_path <= self.max_path <= cameras:
+            raise ValueError(
+                f"need 2 <= min_path <= max_path <= {cameras} (cameras), got {self.min_path}, {self.max_path}"
+            )
         if self.sessions < 1 or self.session_seconds < 60:
             raise ValueError(
                 f"need sessions >= 1 and session_seconds >= 60, got {self.sessions}, {self.session_seconds}"
@@ -82,14 +109,51 @@ class WorldSpec:
                 f"need 1 <= trials <= 10 and images_per_modality >= 1, got {self.trials}, "
                 f"{self.images_per_modality}"
             )
+        if self.domain_gap is not None and not 0.0 <= self.domain_gap <= 1.0:
+            raise ValueError(
+                f"domain_gap must be in [0, 1] (0: market style, 1: market-b), got {self.domain_gap}"
+            )
+        if self.num_cameras is not None and not 2 <= self.num_cameras <= 999:
+            raise ValueError(f"num_cameras must be in 2..999 (3-digit camera ids), got {self.num_cameras}")
+        sizes = self.test_sizes
+        if sizes is not None and not (
+            len(sizes) == 3 and 1 <= sizes[0] < sizes[1] < sizes[2] <= self.num_test_ids
+        ):
+            raise ValueError(
+                f"test_sizes must be 3 increasing vehicle counts (small, medium, large) of at most "
+                f"num_test_ids={self.num_test_ids}, got {sizes}"
+            )
 
 
 _BASE = WorldSpec()
 _DEFAULTS: dict[str, WorldSpec] = {
     "market": _BASE,
-    "market-b": replace(_BASE, style="market-b"),
+    "market-b": replace(_BASE, style="market-b", domain_gap=1.0),
     "sysu": replace(_BASE, num_train_ids=160, num_val_ids=30, num_test_ids=96, min_images=4, max_images=8),
     "regdb": replace(_BASE, num_train_ids=100, num_test_ids=100),
+    # VeRi-776 has 576 + 200 vehicles seen by 2-18 of 20 cameras; ours keeps the 20 cameras, fewer vehicles.
+    "veri": replace(
+        _BASE,
+        num_train_ids=160,
+        num_test_ids=100,
+        num_cameras=20,
+        min_path=2,
+        max_path=6,
+        min_images=2,
+        max_images=5,
+    ),
+    # VehicleID's test lists hold 800 / 1600 / 2400 vehicles; ours are 10x smaller (test_sizes scales them).
+    "vehicleid": replace(
+        _BASE,
+        num_train_ids=200,
+        num_test_ids=240,
+        num_cameras=12,
+        min_path=2,
+        max_path=3,
+        min_images=2,
+        max_images=4,
+        test_sizes=(80, 160, 240),
+    ),
 }
 _SMALL = {
     "market": dict(
@@ -97,6 +161,8 @@ _SMALL = {
     ),
     "sysu": dict(num_train_ids=30, num_val_ids=6, num_test_ids=20, min_images=2, max_images=4),
     "regdb": dict(num_train_ids=20, num_test_ids=20, images_per_modality=4),
+    "veri": dict(num_train_ids=30, num_test_ids=20, max_path=4, max_images=3),
+    "vehicleid": dict(num_train_ids=30, num_test_ids=24, max_images=3, test_sizes=(8, 16, 24)),
 }
 _SMALL["market-b"] = _SMALL["market"]
 
@@ -130,6 +196,13 @@ def resolve_spec(preset: str, knobs: dict) -> WorldSpec:
             f"Unknown knobs {unknown} for generate_world; known knobs: "
             f"{', '.join(knob_names())}, world_size, nuisances"
         )
+    for name, presets in PRESET_KNOBS.items():
+        if name in knobs and preset not in presets:
+            raise ValueError(
+                f"knob {name}={knobs[name]!r} does not apply to preset {preset!r}; only to {presets}"
+            )
+    if knobs.get("test_sizes") is not None:
+        knobs["test_sizes"] = tuple(int(n) for n in knobs["test_sizes"])
     spec = replace(spec, **knobs)
     spec.validate()
     return spec

@@ -256,12 +256,16 @@ def camera_background(camera: Camera, clutter_level: int) -> np.ndarray:
     horizon = int(BG_H * rng.uniform(0.45, 0.65))
     draw.rectangle([0, horizon, BG_W, BG_H], fill=ground)
     amount = clutter_level / 10.0
+    # Which objects are outdoor ones (trees) is drawn from its own stream, so the pure styles' scenes
+    # (indoor 0 or 1) do not depend on it.
+    mixer = np.random.default_rng(np.random.SeedSequence([camera.seed, 304]))
     for _ in range(int(round(5 * amount))):
-        _draw_scene_object(draw, rng, style, horizon, wall)
-    if style.scene == "indoor":  # floor tiles
+        _draw_scene_object(draw, rng, bool(mixer.random() >= style.indoor), horizon, wall)
+    if style.indoor > 0:  # floor tiles, fainter in a partly indoor style
         step = int(rng.integers(24, 48))
+        line = tuple(int(c * (1 - 0.15 * style.indoor)) for c in ground)
         for y in range(horizon, BG_H, step):
-            draw.line([0, y, BG_W, y], fill=tuple(int(c * 0.85) for c in ground), width=2)
+            draw.line([0, y, BG_W, y], fill=line, width=2)
     arr = np.asarray(img, dtype=np.float32)
     arr += rng.normal(0, 4 * amount, arr.shape[:2])[..., None]  # surface texture
     if camera.infrared:
@@ -279,7 +283,7 @@ def _muted(rng: np.random.Generator, base: RGB, vividness: float = 0.12) -> RGB:
 
 
 def _draw_scene_object(
-    draw: ImageDraw.ImageDraw, rng: np.random.Generator, style: Style, horizon: int, base: RGB
+    draw: ImageDraw.ImageDraw, rng: np.random.Generator, outdoor: bool, horizon: int, base: RGB
 ) -> None:
     colour = _muted(rng, base)
     x = int(rng.integers(-20, BG_W))
@@ -288,7 +292,7 @@ def _draw_scene_object(
         w, h = int(rng.integers(30, 110)), int(rng.integers(30, 120))
         y = int(rng.integers(0, max(1, horizon - h)))
         draw.rectangle([x, y, x + w, y + h], fill=colour, outline=(40, 40, 40), width=3)
-    elif kind == 1 and style.scene == "outdoor":  # tree
+    elif kind == 1 and outdoor:  # tree
         r = int(rng.integers(30, 70))
         draw.rectangle([x - 5, horizon - 2 * r, x + 5, horizon], fill=(80, 60, 40))
         green = _muted(rng, (70, 110, 60), 0.15)

@@ -1,14 +1,18 @@
 """Plan a world (who is seen where, when, how) and write it in a real dataset's on-disk format.
 
 Planning draws every random choice in the main process from the world's seed, so an image's bytes
-depend only on its :class:`ImageJob`; rendering is then spread over processes in fixed chunks and the
-files are identical whatever the number of processes.
+depend only on its job (:class:`ImageJob`, :class:`VehicleJob`); rendering is then spread over processes
+in fixed chunks and the files are identical whatever the number of processes.
 
 Layouts written (the readers in :mod:`reidbook.data.readers` are the only way they are read back):
 
 - Market-1501: ``bounding_box_train/ bounding_box_test/ query/`` with ``PPPP_cCsS_FFFFFF_BB.jpg``;
 - SYSU-MM01: ``cam1..cam6/PPPP/NNNN.jpg`` and ``exp/{train,val,test}_id.txt`` (cameras 3, 6 infrared);
-- RegDB: ``Visible/<pid>/*.bmp``, ``Thermal/<pid>/*.bmp`` and ``idx/{train,test}_{visible,thermal}_<t>.txt``.
+- RegDB: ``Visible/<pid>/*.bmp``, ``Thermal/<pid>/*.bmp`` and ``idx/{train,test}_{visible,thermal}_<t>.txt``;
+- VeRi-776: ``image_train/ image_query/ image_test/`` with ``VVVV_cCCC_TTTTTTTT_N.jpg`` and
+  ``name_{train,query,test}.txt``;
+- VehicleID: ``image/NNNNNNN.jpg`` and ``train_test_split/{train_list,test_list_800,test_list_1600,
+  test_list_2400}.txt``.
 """
 
 from __future__ import annotations
@@ -19,14 +23,26 @@ import multiprocessing
 from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
-from tqdm.auto import tqdm
+from PIL import Image
 
-from .identities import Identity, get_style, sample_identities, sample_identity
+from ...progress import tqdm
+from .identities import STYLES, Identity, Style, blend_styles, get_style, sample_identities, sample_identity
 from .presets import WorldSpec
 from .render import Camera, Shot, make_cameras, render_shot, sample_scale, sample_shot, sample_view
 from .timeline import FPS, frame_times, make_network, session_frame, simulate_groups
+from .vehicle_render import (
+    RoadCamera,
+    VehicleShot,
+    make_road_cameras,
+    render_vehicle_shot,
+    sample_margin,
+    sample_vehicle_shot,
+    sample_vehicle_view,
+)
+from .vehicles import Vehicle, sample_vehicles
 
 MARKET_CAMERAS = 6
 SYSU_VISIBLE, SYSU_INFRARED = (1, 2, 4, 5), (3, 6)
@@ -37,8 +53,20 @@ WORLD_INFO = "synthetic_world.json"
 
 @dataclass(frozen=True)
 class ImageJob:
-    """Everything needed to render and save one file, plus its bookkeeping row for the manifest."""
+    """Everything needed to render and save one file of a person, plus its row in the manifest."""
 
+    COLUMNS: ClassVar[tuple[str, ...]] = (
+        "file",
+        "split",
+        "pid",
+        "camera",
+        "infrared",
+        "time",
+        "view",
+        "occluder",
+        "cut_top",
+        "cut_bottom",
+    )
     relpath: str
     person: Identity
     shot: Shot
@@ -46,6 +74,66 @@ class ImageJob:
     split: str
     pid: int
     world_time: float | None = None
+
+    def render(self) -> Image.Image:
+        return render_shot(self.person, self.shot, self.camera).image
+
+    def row(self) -> list:
+        s = self.shot
+        return [
+            self.relpath,
+            self.split,
+            self.pid,
+            self.camera.index,
+            int(self.camera.infrared),
+            "" if self.world_time is None else f"{self.world_time:.2f}",
+            s.view,
+            s.occluder or "",
+            f"{s.cut_top:.2f}",
+            f"{s.cut_bottom:.2f}",
+        ]
+
+
+@dataclass(frozen=True)
+class VehicleJob:
+    """Everything needed to render and save one file of a vehicle, plus its row in the manifest."""
+
+    COLUMNS: ClassVar[tuple[str, ...]] = (
+        "file",
+        "split",
+        "pid",
+        "camera",
+        "time",
+        "view",
+        "azimuth",
+        "occluder",
+        "body",
+        "twin_of",
+    )
+    relpath: str
+    vehicle: Vehicle
+    shot: VehicleShot
+    camera: RoadCamera
+    split: str
+    pid: int
+    world_time: float | None = None
+
+    def render(self) -> Image.Image:
+        return render_vehicle_shot(self.vehicle, self.shot, self.camera).image
+
+    def row(self) -> list:
+        return [
+            self.relpath,
+            self.split,
+            self.pid,
+            self.camera.index,
+            "" if self.world_time is None else f"{self.world_time:.2f}",
+            self.shot.view,
+            f"{self.shot.azimuth:.1f}",
+            self.shot.occluder or "",
+            self.vehicle.body,
+            "" if self.vehicle.twin_of is None else self.vehicle.twin_of,
+        ]
 
 
 @dataclass(frozen=True)
@@ -61,7 +149,7 @@ class Sighting:
 
 @dataclass
 class WorldPlan:
-    jobs: list[ImageJob]
+    jobs: list[ImageJob] | list[VehicleJob]
     info: dict  # written to synthetic_world.json
     text_files: dict[str, str]  # relative path -> content (id lists, RegDB idx files)
 
@@ -70,7 +158,7 @@ class WorldPlan:
 # Market-1501 layout
 
 
-def _units(people: list[Identity]) -> list[list[int]]:
+def _units(people: list[Identity] | list[Vehicle]) -> list[list[int]]:
     """Indices of people grouped so that confusable twins stay together (same split)."""
     units: list[list[int]] = []
     for i, person in enumerate(people):
@@ -81,7 +169,7 @@ def _units(people: list[Identity]) -> list[list[int]]:
     return units
 
 
-def split_people(people: list[Identity], num_test: int, rng: np.random.Generator) -> set[int]:
+def split_people(people: list[Identity] | list[Vehicle], num_test: int, rng: np.random.Generator) -> set[int]:
     """Indices of the test identities: ``num_test`` people drawn in whole twin units."""
     chosen: set[int] = set()
     for u in rng.permutation(len(units := _units(people))):
@@ -90,9 +178,15 @@ def split_people(people: list[Identity], num_test: int, rng: np.random.Generator
     return chosen
 
 
+def world_style(spec: WorldSpec) -> Style:
+    """The spec's style, moved ``domain_gap`` of the way from the market style when the knob is set."""
+    style = get_style(spec.style)
+    return style if spec.domain_gap is None else blend_styles(STYLES["market"], style, spec.domain_gap)
+
+
 def plan_market(spec: WorldSpec, seed: int) -> WorldPlan:
     """Groups walking through 6 cameras; train / query / gallery / distractors / junk as in Market-1501."""
-    style = get_style(spec.style)
+    style = world_style(spec)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 606]))
     cams = make_cameras(MARKET_CAMERAS, style, seed)
     network = make_network(MARKET_CAMERAS, seed)
@@ -280,17 +374,138 @@ def plan_regdb(spec: WorldSpec, seed: int) -> WorldPlan:
     return WorldPlan(jobs, info, text_files)
 
 
-PLANNERS = {"market": plan_market, "market-b": plan_market, "sysu": plan_sysu, "regdb": plan_regdb}
+# ----------------------------------------------------------------------------------------------------
+# VeRi-776 layout
+
+
+def _vehicle_track(
+    rng: np.random.Generator, spec: WorldSpec, cam: RoadCamera, count: int
+) -> list[VehicleShot]:
+    """``count`` shots of one vehicle passing one camera: one direction of travel and distance."""
+    nuis = spec.nuisances
+    view, margin = sample_vehicle_view(rng, nuis, cam), sample_margin(rng, nuis)
+    return [sample_vehicle_shot(rng, nuis, cam, view, margin) for _ in range(count)]
+
+
+def _vehicle_info(cams: list[RoadCamera], vehicles: list[Vehicle], test: set[int]) -> dict:
+    return {
+        "cameras": [asdict(c) for c in cams],
+        "vehicles": [
+            dict(v.to_dict(), split="test" if i in test else "train") for i, v in enumerate(vehicles)
+        ],
+    }
+
+
+def plan_veri(spec: WorldSpec, seed: int) -> WorldPlan:
+    """Vehicles drive, in small platoons, through a network of ``num_cameras`` cameras (2-18 per vehicle in
+    VeRi-776; here ``min_path``..``max_path``), each pass a track of ``min_images``..``max_images`` images.
+
+    As in VeRi-776: ``image_query`` holds one image per (test vehicle, camera), drawn from that track, and
+    ``image_test`` holds every test image, the queries included (the evaluation drops same-camera
+    gallery images, the query's own copy with them). Names ``VVVV_cCCC_TTTTTTTT_0.jpg`` carry the world
+    frame (25 fps) as the time stamp.
+    """
+    if spec.num_cameras is None:
+        raise ValueError("plan_veri needs spec.num_cameras (the veri preset sets it)")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 910]))
+    cams = make_road_cameras(spec.num_cameras, seed)
+    network = make_network(spec.num_cameras, seed)
+    vehicles = sample_vehicles(spec.num_train_ids + spec.num_test_ids, seed, spec.confusable_fraction)
+    test = split_people(vehicles, spec.num_test_ids, rng)
+    drive_order = rng.permutation(len(vehicles))
+    visits = simulate_groups(
+        len(vehicles), network, spec.sessions * spec.session_seconds, rng, (spec.min_path, spec.max_path)
+    )
+    jobs: list[VehicleJob] = []
+    lists: dict[str, list[str]] = {"train": [], "query": [], "test": []}
+    for visit in visits:
+        index = int(drive_order[visit.person])
+        vehicle, cam = vehicles[index], cams[visit.camera - 1]
+        count = int(rng.integers(spec.min_images, spec.max_images + 1))
+        frames = frame_times(visit, count, rng)
+        shots = _vehicle_track(rng, spec, cam, count)
+        split = "test" if index in test else "train"
+        query = int(rng.integers(count)) if split == "test" else -1
+        for k, (g, shot) in enumerate(zip(frames, shots)):
+            name = f"{vehicle.pid:04d}_c{cam.index:03d}_{g:08d}_0.jpg"
+            folders = ["test", "query"] if k == query else [split]
+            for folder in folders:
+                job = VehicleJob(f"image_{folder}/{name}", vehicle, shot, cam, folder, vehicle.pid, g / FPS)
+                jobs.append(job)
+                lists[folder].append(name)
+    text_files = {
+        f"name_{folder}.txt": "".join(f"{n}\n" for n in sorted(names)) for folder, names in lists.items()
+    }
+    return WorldPlan(jobs, _vehicle_info(cams, vehicles, test), text_files)
+
+
+# ----------------------------------------------------------------------------------------------------
+# VehicleID layout
+
+
+def plan_vehicleid(spec: WorldSpec, seed: int) -> WorldPlan:
+    """Each vehicle passes ``min_path``..``max_path`` of ``num_cameras`` cameras that look along the road,
+    so its images are mostly fronts or rears (as in VehicleID), ``min_images``..``max_images`` per camera.
+
+    Images are numbered ``0000001.jpg``... in a random order; ``train_list.txt`` lists the training
+    vehicles' images and ``test_list_800/1600/2400.txt`` those of the first ``test_sizes`` vehicles of one
+    random order of the test vehicles (so the lists are nested). Lines are ``<image name> <vehicle id>``.
+    """
+    if spec.num_cameras is None or spec.test_sizes is None:
+        raise ValueError(
+            "plan_vehicleid needs spec.num_cameras and spec.test_sizes (the vehicleid preset sets them)"
+        )
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 920]))
+    cams = make_road_cameras(spec.num_cameras, seed, front_rear=True)
+    vehicles = sample_vehicles(spec.num_train_ids + spec.num_test_ids, seed, spec.confusable_fraction)
+    test = split_people(vehicles, spec.num_test_ids, rng)
+    sightings: list[tuple[int, RoadCamera, VehicleShot]] = []
+    for index in range(len(vehicles)):
+        passes = int(rng.integers(spec.min_path, spec.max_path + 1))
+        for c in sorted(rng.choice(len(cams), size=min(passes, len(cams)), replace=False)):
+            count = int(rng.integers(spec.min_images, spec.max_images + 1))
+            sightings += [(index, cams[c], shot) for shot in _vehicle_track(rng, spec, cams[c], count)]
+    numbers = rng.permutation(len(sightings)) + 1
+    images_of: dict[int, list[str]] = defaultdict(list)
+    jobs = []
+    for (index, cam, shot), number in zip(sightings, numbers):
+        vehicle, name = vehicles[index], f"{int(number):07d}"
+        split = "test" if index in test else "train"
+        jobs.append(VehicleJob(f"image/{name}.jpg", vehicle, shot, cam, split, vehicle.pid))
+        images_of[index].append(name)
+
+    def list_file(indices) -> str:
+        lines = sorted(f"{name} {vehicles[i].pid}" for i in indices for name in images_of[i])
+        return "".join(f"{line}\n" for line in lines)
+
+    order = [int(i) for i in rng.permutation(sorted(test))]
+    text_files = {
+        "train_test_split/train_list.txt": list_file(i for i in range(len(vehicles)) if i not in test)
+    }
+    for size, real in zip(spec.test_sizes, (800, 1600, 2400)):
+        text_files[f"train_test_split/test_list_{real}.txt"] = list_file(order[:size])
+    info = dict(_vehicle_info(cams, vehicles, test), test_sizes=dict(zip((800, 1600, 2400), spec.test_sizes)))
+    return WorldPlan(jobs, info, text_files)
+
+
+PLANNERS = {
+    "market": plan_market,
+    "market-b": plan_market,
+    "sysu": plan_sysu,
+    "regdb": plan_regdb,
+    "veri": plan_veri,
+    "vehicleid": plan_vehicleid,
+}
 
 
 # ----------------------------------------------------------------------------------------------------
 # Rendering and writing
 
 
-def _render_chunk(args: tuple[list[ImageJob], str]) -> int:
+def _render_chunk(args: tuple[list[ImageJob] | list[VehicleJob], str]) -> int:
     jobs, out_dir = args
     for job in jobs:
-        image = render_shot(job.person, job.shot, job.camera).image
+        image = job.render()
         path = Path(out_dir) / job.relpath
         if path.suffix == ".bmp":
             image.save(path, format="BMP")
@@ -299,7 +514,9 @@ def _render_chunk(args: tuple[list[ImageJob], str]) -> int:
     return len(jobs)
 
 
-def render_jobs(jobs: list[ImageJob], out_dir: Path, workers: int, progress: bool, desc: str) -> None:
+def render_jobs(
+    jobs: list[ImageJob] | list[VehicleJob], out_dir: Path, workers: int, progress: bool, desc: str
+) -> None:
     """Render and save every job under ``out_dir`` with ``workers`` processes (1: in this process)."""
     for folder in sorted({str(Path(job.relpath).parent) for job in jobs}):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
@@ -323,33 +540,6 @@ def write_manifest(plan: WorldPlan, out_dir: Path, header: dict) -> None:
     (out_dir / WORLD_INFO).write_text(json.dumps({**header, **plan.info}, indent=1), encoding="utf-8")
     with open(out_dir / MANIFEST, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(
-            [
-                "file",
-                "split",
-                "pid",
-                "camera",
-                "infrared",
-                "time",
-                "view",
-                "occluder",
-                "cut_top",
-                "cut_bottom",
-            ]
-        )
+        writer.writerow(type(plan.jobs[0]).COLUMNS)
         for job in plan.jobs:
-            s = job.shot
-            writer.writerow(
-                [
-                    job.relpath,
-                    job.split,
-                    job.pid,
-                    job.camera.index,
-                    int(job.camera.infrared),
-                    "" if job.world_time is None else f"{job.world_time:.2f}",
-                    s.view,
-                    s.occluder or "",
-                    f"{s.cut_top:.2f}",
-                    f"{s.cut_bottom:.2f}",
-                ]
-            )
+            writer.writerow(job.row())
