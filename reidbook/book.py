@@ -254,8 +254,8 @@ def _around(text: str, needle: str, width: int = 80) -> str:
 # The front page: which chapters this edition holds, and the map figure
 
 
-#: The book's chapters by number: title, paper, and what the chapter's method changes at each step of the
-#: pipeline drawn on the front page (an empty step: as in the strong baseline).
+#: The book's chapters by number: a short title, and what the chapter's method changes at each step of the
+#: pipeline drawn on the front page (a step it does not name: as in the strong baseline).
 PIPELINE_STEPS = ("data", "backbone", "head", "training loss", "matching")
 BOOK_PLAN: dict[int, tuple[str, dict[str, str]]] = {
     0: (

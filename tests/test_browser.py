@@ -264,6 +264,8 @@ def test_book_pages_render_offline_in_chromium(browser, served_book, smoke_html)
                 problems.append(f"{page}: MathJax is not loaded from the book's _static: {state['mathjax']}")
             browser.execute_script("document.querySelector('div.math, .math').scrollIntoView()")
             browser.save_screenshot(str(SCREENSHOTS / f"{name}-math.png"))
+        if not any(link.startswith(served_book) for link in state["links"]):
+            problems.append(f"{page}: no internal link at all (not even the table of contents)")
         problems += [
             f"{page}: broken link {b}" for b in _broken_links(state["links"], served_book, smoke_html, ids)
         ]
@@ -277,7 +279,7 @@ def test_book_pages_render_offline_in_chromium(browser, served_book, smoke_html)
         browser.execute_async_script(PAGE_STATE_JS)
         overflow = browser.execute_script(OVERFLOW_JS)
         browser.save_screenshot(str(SCREENSHOTS / f"{name}-phone.png"))
-        if overflow["width"] != PHONE_WIDTH or overflow["bad"]:
+        if overflow["width"] != PHONE_WIDTH or overflow["scrollWidth"] > PHONE_WIDTH or overflow["bad"]:
             problems.append(f"{page}: at {PHONE_WIDTH} px wide, sticking out: {overflow}")
         problems += [f"{page}: request to {u}" for u in _remote(_requested_urls(browser))]
     assert not problems, "\n".join(problems)
