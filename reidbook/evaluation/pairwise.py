@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+
+from ..progress import tqdm
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 CONVERSIONS = {"negate": lambda s: -s, "one_minus": lambda s: 1.0 - s, "as_distance": lambda s: s}
