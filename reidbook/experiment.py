@@ -42,9 +42,7 @@ from .results import REPO_DIR, ResultsStore, Run, canonical_json, evaluation_key
 SYNTHETIC_PREFIX = "synthetic-"
 DATA_ENV_VAR = "REIDBOOK_DATA"
 #: Profile fields that cannot change a run: presentation and the list of seeds (each run has its own).
-UNKEYED_PROFILE_FIELDS = ("budgets", "seeds", "device")
-#: Test split of the stress worlds: only the test images are used, so two training identities suffice.
-STRESS_TEST_WORLD = {"num_train_ids": 2, "num_test_ids": 100, "num_distractors": 60, "num_junk": 0}
+UNKEYED_PROFILE_FIELDS = ("budgets", "seeds", "device", "stress_world")
 
 
 # ----------------------------------------------------------------------------------------------- datasets
@@ -183,6 +181,18 @@ def _build(plan: _Plan, num_classes: int) -> nn.Module:
     seed_everything(plan.seed)  # the new layers' initial weights depend on the seed alone
     backbone = _backbone(plan.recipe, plan.profile, plan.start)
     return plan.recipe.build_model(backbone, num_classes, plan.profile, plan.options)
+
+
+def untrained_model(method: str, num_classes: int, profile: Profile | str, seed: int | None = None, *,
+                    store: ResultsStore | None = None, **options: Any) -> nn.Module:
+    """The model that :func:`train` would start from (the recipe's model on a backbone started as the
+    profile says, the new layers drawn from ``seed``), in eval mode: for sanity checks before training."""
+    recipe = get_recipe(method)
+    profile = recipe.profile_for(as_profile(profile))
+    start = pretraining(profile, store=store) if profile.init == "world" else None
+    seed = profile.seed if seed is None else seed
+    plan = _Plan(recipe, profile, seed, recipe.resolve_options(options), config={}, code="", start=start)
+    return _build(plan, num_classes).eval()
 
 
 _MODELS: OrderedDict[str, nn.Module] = OrderedDict()
@@ -357,11 +367,12 @@ def evaluation_frame(runs: Mapping[str, Sequence[Run]], datasets: Mapping[str, R
 
 
 def stress_curve(runs: Sequence[Run], nuisances: str | Sequence[str], strengths: Sequence[float], *,
-                 test_world: Mapping[str, Any] | None = None, evaluator: Evaluator | None = None,
+                 test_world: Mapping[str, Any], evaluator: Evaluator | None = None,
                  metrics: Sequence[str] = ("rank1", "mAP")) -> pd.DataFrame:
     """Trained models evaluated, without retraining, on fresh test worlds of their built-in world whose
     ``nuisances`` (one knob name or several, set together) have each of ``strengths`` (1 = the training
-    world's strength). One row per (run, strength): method, seed, strength and ``metrics``. The
+    world's strength), with the test split ``test_world`` (a profile's ``stress_world``, e.g. fewer test
+    identities). One row per (run, strength): method, seed, strength and ``metrics``. The
     evaluations are stored under each run, so a later chapter reads the same numbers.
 
     Raises:
@@ -376,7 +387,7 @@ def stress_curve(runs: Sequence[Run], nuisances: str | Sequence[str], strengths:
             if source is None:
                 raise ValueError(f"run {run.name}/{run.key} was trained on {run.config['data']['name']}, "
                                  "not on the built-in world: stress worlds exist only for the built-in world")
-            world = {**source["world"], **(test_world or STRESS_TEST_WORLD), **dict.fromkeys(knobs, strength)}
+            world = {**source["world"], **test_world, **dict.fromkeys(knobs, strength)}
             name = canonical_json([source["dataset"], source["world_seed"], world])
             if name not in worlds:
                 worlds[name] = open_dataset(source["dataset"], world=world, world_seed=source["world_seed"])

@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROFILE_ENV_VAR = "REIDBOOK_PROFILE"
+#: Test split of the stress worlds (trained models evaluated as a nuisance grows): only the test images are
+#: used, so two training identities suffice.
+STRESS_TEST_WORLD = {"num_train_ids": 2, "num_test_ids": 100, "num_distractors": 60, "num_junk": 0}
 DEFAULT_PROFILE = "cpu"
 
 
@@ -41,8 +44,9 @@ class Profile:
     ``batch_p`` identities x ``batch_k`` images form a batch; ``world`` holds the knobs passed to
     ``reidbook.data.synthetic.generate_world``; ``seeds`` lists the seeds of a multi-seed comparison (the
     first one is used for single runs); ``max_steps_per_epoch`` caps an epoch (``None`` = the whole
-    sampler). ``amp`` (bf16 autocast on a CPU, fp16 on CUDA) and ``channels_last`` take True, False or
-    ``"auto"`` (on with CUDA). ``budgets`` gives each chapter's time budget in seconds, by file name.
+    sampler). ``stress_world`` holds the knobs of the stress curves' test worlds. ``amp`` (bf16 autocast
+    on a CPU, fp16 on CUDA) and ``channels_last`` take True, False or ``"auto"`` (on with CUDA).
+    ``budgets`` gives each chapter's time budget in seconds, by file name.
     """
 
     name: str
@@ -70,6 +74,7 @@ class Profile:
     amp: bool | str = "auto"
     channels_last: bool | str = "auto"
     pretrain: dict[str, Any] = field(default_factory=dict)
+    stress_world: dict[str, Any] = field(default_factory=lambda: dict(STRESS_TEST_WORLD))
     budgets: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -123,7 +128,7 @@ class Profile:
 
 
 _TUPLE_FIELDS = ("milestones", "seeds")
-_DICT_FIELDS = ("world", "pretrain", "budgets")
+_DICT_FIELDS = ("world", "pretrain", "stress_world", "budgets")
 INITS = ("random", "imagenet", "world")
 
 
@@ -155,6 +160,7 @@ PROFILES: dict[str, Profile] = {
         milestones=(),
         max_steps_per_epoch=4,
         world={"world_size": "small"},
+        stress_world={"num_train_ids": 2, "num_test_ids": 12, "num_distractors": 10, "num_junk": 0},
         seeds=(0,),
     ),
     # Measured on 2 cores: the strong baseline (ResNet-18, last stride 1) trains at 210-270 img/s at 64x32
