@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,13 +15,11 @@ from reidbook.engine import (
     build_optimizer,
     build_param_groups,
     epoch_seed,
-    evaluate_model,
     extract_features,
     fit,
     seed_everything,
     warmup_multistep_factor,
 )
-from reidbook.evaluation.ranking import evaluate_rank
 
 NUM_IDS = 4
 
@@ -239,6 +235,19 @@ def test_history_records_terms_weights_and_weighted_total():
 def test_max_steps_per_epoch_caps_each_epoch():
     history = fit(make_model(), TinyCriterion(), make_loader(), **FIT_ARGS, max_steps_per_epoch=2)
     assert list(history.epochs["steps"]) == [2, 2, 2, 2]
+
+
+def test_fit_runs_the_model_through_the_given_feed():
+    seen = []
+
+    def feed(model, batch):
+        seen.append((model.training, len(batch["index"])))
+        return model(batch["img"] * 0)  # the loss then cannot depend on the images
+
+    history = fit(make_model(), TinyCriterion(), make_loader(), **FIT_ARGS, feed=feed, max_steps_per_epoch=1)
+    assert seen == [(True, 8)] * 4
+    plain = fit(make_model(), TinyCriterion(), make_loader(), **FIT_ARGS, max_steps_per_epoch=1)
+    assert not np.allclose(history.steps["ce"], plain.steps["ce"])
 
 
 def test_bad_criterion_outputs_are_rejected_with_a_message():
@@ -467,111 +476,54 @@ def test_extract_features_concatenates_eval_outputs_and_averages_flips():
     torch.testing.assert_close(flipped, (plain + mirrored) / 2)
 
 
-class Lookup(nn.Module):
-    """Eval-mode 'model' returning a fixed embedding per image: the image's first pixel indexes a table."""
-
-    def __init__(self, table: torch.Tensor) -> None:
-        super().__init__()
-        self.table = table
-
-    def forward(self, img):
-        return self.table[img[:, 0, 0, 0].long()]
-
-
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_evaluate_model_on_hand_made_embeddings(metric):
-    # Query 0 (pid 0) is nearest its true match; query 1 (pid 1) has a wrong gallery image ranked first.
-    table = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 1.0], [0.1, 0.9], [1.0, 0.3]])
-
-    def batch(rows, pids, camids):
-        img = torch.zeros(len(rows), 3, 2, 2)
-        img[:, 0, 0, 0] = torch.tensor(rows, dtype=torch.float)
-        return [{"img": img, "pid": torch.tensor(pids), "camid": torch.tensor(camids)}]
-
-    query = batch([0, 1], [0, 1], [0, 0])
-    gallery = batch([2, 3, 4, 5], [0, 2, 1, 2], [1, 1, 1, 1])
-    metrics = evaluate_model(
-        Lookup(table), query, gallery, metric=metric, flip=False, device="cpu", progress=False, max_rank=4
-    )
-    # Query 1's ranking: gallery 3 (pid 2), gallery 4 (pid 1) -> AP = 1/2; query 0: AP = 1.
-    assert metrics["rank1"] == pytest.approx(0.5)
-    assert "rank5" not in metrics  # the CMC curve is only max_rank=4 long
-    assert metrics["mAP"] == pytest.approx(0.75)
-    assert math.isclose(metrics["cmc"][1], 1.0)
-
-
-class MapMatcher(nn.Module):
-    """Eval-mode feature maps (B, 4, 8, 4) from a conv whose output changes under a horizontal flip, and a
-    bilinear pair score ``match``: neither a (negative) euclidean nor a cosine distance of the maps. It
-    records the inputs of every ``match`` call and the mode it was called in."""
+class TwoInputs(nn.Module):
+    """Eval outputs of a method that needs more of the batch than the images: a dict of a pooled embedding
+    shifted by the image's modality and a (mirror-sensitive) feature map."""
 
     def __init__(self) -> None:
         super().__init__()
-        g = torch.Generator().manual_seed(5)
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.weight = nn.Parameter(torch.randn(4 * 8 * 4, 4 * 8 * 4, generator=g))
-        self.calls: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        return self.conv(img)  # (B, 4, 8, 4)
-
-    def match(self, query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
-        self.calls.append((query, gallery, self.training))
-        return query.flatten(1) @ self.weight @ gallery.flatten(1).t()  # (q, g)
+    def forward(self, img: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
+        fmap = self.bn(self.conv(img))  # (B, 2, H, W)
+        return {"embedding": fmap.mean(dim=(2, 3)) + modality[:, None].float(), "map": fmap}
 
 
-def map_loaders() -> tuple[list[dict], list[dict]]:
-    """6 queries (pids 0-5, camera 0) and 18 gallery images (three per pid, camera 1), in batches."""
-    g = torch.Generator().manual_seed(9)
-
-    def batches(pids: list[int], camid: int, size: int) -> list[dict]:
-        images = torch.randn(len(pids), 3, 8, 4, generator=g)
-        return [
-            {"img": images[i : i + size], "pid": torch.tensor(pids[i : i + size]),
-             "camid": torch.full((len(pids[i : i + size]),), camid)}
-            for i in range(0, len(pids), size)
-        ]
-
-    return batches(list(range(6)), 0, 4), batches([p for p in range(6) for _ in range(3)], 1, 5)
+def feed_with_modality(model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+    return model(batch["img"], batch["modality"])
 
 
-def test_evaluate_model_match_ranks_by_the_models_pair_scores_without_flipping():
+def test_extract_features_uses_the_feed_and_averages_every_output_of_a_dict_with_its_mirror():
     torch.manual_seed(0)
-    model = MapMatcher()
-    query, gallery = map_loaders()
-    q_feats, q_pids, q_camids = extract_features(model, query, device="cpu", flip=False, progress=False)
-    g_feats, g_pids, g_camids = extract_features(model, gallery, device="cpu", flip=False, progress=False)
-    flipped_q, _, _ = extract_features(model, query, device="cpu", flip=True, progress=False)
-    assert not torch.allclose(flipped_q, q_feats)  # flip-averaging would change the maps
-    with torch.no_grad():
-        scores = model.match(q_feats, g_feats)  # (6, 18)
-    expected = evaluate_rank(-scores, q_pids, g_pids, q_camids, g_camids, max_rank=10)
-    # the data are such that the sign of the scores and the metric decide the ranking
-    assert evaluate_rank(scores, q_pids, g_pids, q_camids, g_camids, max_rank=10)["mAP"] != pytest.approx(
-        expected["mAP"]
-    )
-    euclidean = evaluate_model(model, query, gallery, metric="euclidean", flip=False, device="cpu",
-                               progress=False, max_rank=10)
-    assert euclidean["mAP"] != pytest.approx(expected["mAP"])
-    model.calls.clear()
+    model = TwoInputs()
     model.train()
+    loader = [
+        {"img": torch.randn(3, 3, 8, 4), "pid": torch.tensor([0, 1, 2]), "camid": torch.tensor([0, 0, 1]),
+         "modality": torch.tensor([0, 1, 1])},
+        {"img": torch.randn(2, 3, 8, 4), "pid": torch.tensor([3, 4]), "camid": torch.tensor([1, 1]),
+         "modality": torch.tensor([1, 0])},
+    ]
+    feats, pids, camids = extract_features(model, loader, feed=feed_with_modality, device="cpu",
+                                           progress=False)
+    assert model.training  # mode restored
+    model.eval()
+    images, modality = torch.cat([b["img"] for b in loader]), torch.cat([b["modality"] for b in loader])
+    with torch.no_grad():
+        plain, mirrored = model(images, modality), model(images.flip(3), modality)
+    assert set(feats) == {"embedding", "map"}
+    for name in feats:
+        torch.testing.assert_close(feats[name], plain[name])
+    assert pids.tolist() == [0, 1, 2, 3, 4] and camids.tolist() == [0, 0, 1, 1, 1]
+    model.train()
+    flipped, _, _ = extract_features(model, loader, feed=feed_with_modality, device="cpu", flip=True,
+                                     progress=False)
+    assert model.training
+    for name in flipped:  # the modality reaches the mirrored pass too: it is not averaged away
+        torch.testing.assert_close(flipped[name], (plain[name] + mirrored[name]) / 2)
+    assert not torch.allclose(flipped["map"], plain["map"])  # the mirror image changes the maps
 
-    metrics = evaluate_model(model, query, gallery, metric="match", device="cpu", progress=False, max_rank=10)
 
-    assert model.training  # mode restored (flip was left at its default, True)
-    assert model.calls and not any(training for _, _, training in model.calls)  # matched in eval mode
-    for q_block, g_block, _ in model.calls:  # blocks of the plain, not flip-averaged, maps
-        assert any(torch.equal(q_block, q_feats[i : i + len(q_block)]) for i in range(len(q_feats)))
-        assert any(torch.equal(g_block, g_feats[i : i + len(g_block)]) for i in range(len(g_feats)))
-    assert metrics["mAP"] == pytest.approx(expected["mAP"])
-    assert metrics["mINP"] == pytest.approx(expected["mINP"])
-    np.testing.assert_allclose(metrics["cmc"], expected["cmc"])
-    assert metrics["rank1"] == pytest.approx(float(expected["cmc"][0]))
-
-
-def test_evaluate_model_match_needs_a_match_method_and_metrics_are_validated():
-    query, gallery = map_loaders()
-    with pytest.raises(ValueError, match=r"match\(query, gallery\)"):
-        evaluate_model(make_model(), query, gallery, metric="match", device="cpu", progress=False)
-    with pytest.raises(ValueError, match="'manhattan'"):
-        evaluate_model(MapMatcher(), query, gallery, metric="manhattan", device="cpu", progress=False)
+def test_extract_features_needs_a_batch():
+    with pytest.raises(ValueError, match="no batch"):
+        extract_features(make_model(), [], device="cpu", progress=False)

@@ -72,6 +72,39 @@ def test_stem_and_stages_compose_to_forward():
         assert torch.equal(backbone.stages[3](h), backbone(x))
 
 
+@pytest.mark.parametrize("name", ["resnet18", "googlenet", "vgg19_bn"])
+def test_without_the_stem_pool_every_map_doubles_and_the_weights_stay(name):
+    torch.manual_seed(0)
+    pooled = build_backbone(name).eval()
+    torch.manual_seed(0)
+    unpooled = build_backbone(name, stem_pool=False).eval()
+    assert unpooled.strides == [s // 2 for s in pooled.strides] == [2, 4, 8, 8]
+    pools = [sum(isinstance(m, torch.nn.MaxPool2d) for m in b.stem.modules()) for b in (pooled, unpooled)]
+    assert pools[1] == pools[0] - 1  # only the stem's last max-pooling goes (VGG's stem has several)
+    state = pooled.state_dict()
+    assert {k: v.shape for k, v in unpooled.state_dict().items()} == {k: v.shape for k, v in state.items()}
+    unpooled.load_state_dict(state)  # the same weights serve both
+    x = torch.randn(1, 3, 64, 32)
+    with torch.no_grad():
+        pairs = zip(pooled.forward_stages(x), unpooled.forward_stages(x), unpooled.strides)
+        for small, large, stride in pairs:
+            assert large.shape[2:] == (64 // stride, 32 // stride) == (2 * small.shape[2], 2 * small.shape[3])
+
+
+def test_resnet_stem_without_pool_is_the_stem_minus_its_max_pooling():
+    pooled, unpooled = build_backbone("resnet18").eval(), build_backbone("resnet18", stem_pool=False).eval()
+    unpooled.load_state_dict(pooled.state_dict())
+    x = torch.randn(2, 3, 32, 16)
+    pool = [m for m in pooled.stem.modules() if isinstance(m, torch.nn.MaxPool2d)][-1]
+    with torch.no_grad():
+        torch.testing.assert_close(pool(unpooled.stem(x)), pooled.stem(x))
+
+
+def test_a_stem_without_max_pooling_cannot_drop_it():
+    with pytest.raises(ValueError, match="the stem of mobilenet_v2 has no max-pooling to drop"):
+        build_backbone("mobilenet_v2", stem_pool=False)
+
+
 def test_last_stride_one_keeps_the_same_weights_shapes():
     s1, s2 = build_backbone("resnet50", last_stride=1), build_backbone("resnet50", last_stride=2)
     assert [p.shape for p in s1.parameters()] == [p.shape for p in s2.parameters()]

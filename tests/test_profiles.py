@@ -15,7 +15,8 @@ def test_the_three_profiles_exist():
 
 def test_paper_profile_has_the_strong_baseline_settings():
     p = get_profile("paper")
-    assert (p.backbone, p.pretrained, p.last_stride, p.height, p.width) == ("resnet50", True, 1, 256, 128)
+    assert (p.backbone, p.init, p.last_stride, p.height, p.width) == ("resnet50", "imagenet", 1, 256, 128)
+    assert p.stem_pool
     assert (p.epochs, p.optimizer, p.lr, p.warmup_epochs, p.milestones, p.gamma) == (
         120,
         "adam",
@@ -74,3 +75,36 @@ def test_default_profile_comes_from_the_environment(monkeypatch):
 def test_profiles_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         get_profile("cpu").epochs = 3
+
+
+PRETRAIN = {"method": "baseline", "dataset": "synthetic-market", "world_seed": 1,
+            "world": {"num_train_ids": 8}, "epochs": 2, "milestones": [1]}
+
+
+def test_init_replaces_pretrained_and_is_validated():
+    assert "pretrained" not in {f.name for f in dataclasses.fields(Profile)}
+    assert get_profile("smoke").init == "random"
+    with pytest.raises(ValueError, match=r"init must be one of \('random', 'imagenet', 'world'\), got 'yes'"):
+        get_profile("cpu", init="yes")
+    with pytest.raises(ValueError, match=r"unknown profile field\(s\) \['pretrained'\]"):
+        get_profile("cpu", pretrained=True)
+
+
+def test_a_world_start_needs_a_pretraining_spec():
+    with pytest.raises(ValueError, match="init='world' needs a pretrain spec"):
+        get_profile("smoke", init="world")
+    with pytest.raises(ValueError, match="init='world' needs a pretrain spec"):
+        Profile(name="mine", init="world")
+    p = get_profile("smoke", init="world", pretrain=PRETRAIN)
+    assert p.init == "world" and p.pretrain == PRETRAIN and p.pretrain is not PRETRAIN  # copied
+    assert Profile.from_json(p.to_json()) == p
+
+
+def test_the_new_fields_round_trip_and_dict_fields_are_copied():
+    budgets = {"01_baseline.ipynb": 300.0}
+    p = get_profile("cpu", stem_pool=False, amp=True, channels_last="auto", budgets=budgets)
+    assert (p.stem_pool, p.amp, p.channels_last, p.budgets) == (False, True, "auto", budgets)
+    budgets["01_baseline.ipynb"] = 1.0  # the caller's dict changes; the profile's does not
+    assert p.budgets == {"01_baseline.ipynb": 300.0}
+    assert Profile.from_dict(p.to_dict()) == p
+    assert p.to_dict()["budgets"] == {"01_baseline.ipynb": 300.0}

@@ -1,4 +1,5 @@
-"""Tests of the results store: keys, reuse, forced retraining, resume of interrupted runs, tables."""
+"""Tests of the results store: keys, reuse, forced retraining, resume of interrupted runs, stored
+evaluations, tables; and the atomic writes every file goes through."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ import pytest
 import torch
 from torch import nn
 
+from reidbook.atomic import atomic_torch_save, atomic_write, atomic_write_text
 from reidbook.engine import History, fit
 from reidbook.profiles import get_profile
 from reidbook.results import (
     ResultsStore,
-    atomic_write_text,
     canonical_json,
-    code_fingerprint,
     default_results_dir,
+    evaluation_key,
     run_key,
 )
 
@@ -43,27 +44,20 @@ def test_key_depends_on_code(store, tmp_path):
     assert store.run("a", CONFIG).key != other.run("a", CONFIG).key
 
 
-def test_code_fingerprint_hashes_python_sources_only(tmp_path):
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "mod.py").write_text("x = 1\n")
-    (tmp_path / "pkg" / "notes.txt").write_text("ignored")
-    first = code_fingerprint(tmp_path / "pkg")
-    (tmp_path / "pkg" / "notes.txt").write_text("changed")
-    assert code_fingerprint(tmp_path / "pkg") == first
-    (tmp_path / "pkg" / "mod.py").write_text("x = 2\n")
-    assert code_fingerprint(tmp_path / "pkg") != first
-    assert len(code_fingerprint()) == 64  # the real package
+def test_every_run_needs_a_code_fingerprint_and_a_stores_own_one_wins(tmp_path):
+    with pytest.raises(ValueError, match="run 'a' needs the fingerprint of the code it uses"):
+        ResultsStore(tmp_path).run("a", CONFIG)
+    free = ResultsStore(tmp_path)
+    assert free.run("a", CONFIG, code="x").key == run_key(CONFIG, "x") != free.run("a", CONFIG, code="y").key
+    fixed = ResultsStore(tmp_path, code="pinned")
+    assert fixed.run("a", CONFIG, code="x").code == "pinned"
+    assert fixed.run("a", CONFIG, code="x").key == run_key(CONFIG, "pinned")
 
 
-def test_code_fingerprint_ignores_presentation_modules_only(tmp_path):
-    (tmp_path / "pkg" / "sub").mkdir(parents=True)
-    (tmp_path / "pkg" / "viz.py").write_text("a = 1\n")
-    (tmp_path / "pkg" / "sub" / "viz.py").write_text("b = 1\n")
-    first = code_fingerprint(tmp_path / "pkg")
-    (tmp_path / "pkg" / "viz.py").write_text("a = 2\n")
-    assert code_fingerprint(tmp_path / "pkg") == first
-    (tmp_path / "pkg" / "sub" / "viz.py").write_text("b = 2\n")
-    assert code_fingerprint(tmp_path / "pkg") != first
+def test_run_json_records_the_code_the_run_used(tmp_path):
+    run = ResultsStore(tmp_path).get_or_train("a", CONFIG, lambda run: None, code="abc", force=False)
+    info = json.loads((run.dir / "run.json").read_text())
+    assert (info["name"], info["key"], info["code"]) == ("a", run.key, "abc")
 
 
 def test_canonical_json_accepts_profiles_and_rejects_non_json_values():
@@ -197,8 +191,6 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         file.write("partial")
         raise Boom
 
-    from reidbook.results import atomic_write
-
     with pytest.raises(Boom):
         atomic_write(path, failing, binary=False)
     assert path.read_text() == "old"
@@ -217,7 +209,7 @@ def test_default_root_follows_the_environment(monkeypatch, tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- tables
-def test_table_lists_complete_runs_of_the_current_code(store, tmp_path):
+def test_table_lists_complete_runs_of_the_stores_code(store, tmp_path):
     store.get_or_train(
         "baseline", {"lr": 0.1, "model": {"name": "r18"}}, lambda run: {"mAP": 0.4, "cmc": [1]}
     )
@@ -225,11 +217,87 @@ def test_table_lists_complete_runs_of_the_current_code(store, tmp_path):
     store.run("unfinished", {"lr": 0.3}).start()
     ResultsStore(store.root, code="old-code").get_or_train("baseline", {"lr": 0.1}, lambda run: {"mAP": 0.1})
 
-    table = store.table().sort_values("name").reset_index(drop=True)
+    table = store.table(code="code-v1").sort_values("name").reset_index(drop=True)
     assert table["name"].tolist() == ["baseline", "ianet"]
     assert table["mAP"].tolist() == [0.4, 0.5]
     assert table["config.lr"].tolist() == [0.1, 0.2]
     assert table["config.model.name"].tolist() == ["r18", "r18"]
+    assert len(store.table()) == 3  # without a fingerprint: every code's complete runs
     assert "cmc" not in table.columns
-    assert store.table(names=["ianet"])["name"].tolist() == ["ianet"]
-    assert len(store.table(current_code_only=False)) == 3
+    assert store.table(names=["ianet"], code="code-v1")["name"].tolist() == ["ianet"]
+
+
+def test_runs_and_table_filter_by_name_and_code(tmp_path):
+    store = ResultsStore(tmp_path)
+    for name, code, lr in (("baseline", "v1", 0.1), ("baseline", "v2", 0.1), ("ianet", "v1", 0.2)):
+        store.get_or_train(name, {"lr": lr}, lambda run, lr=lr: {"mAP": lr}, code=code)
+    store.run("unfinished", {"lr": 0.3}, code="v1").start()
+    assert sorted((r.name, r.code) for r in store.runs()) == [("baseline", "v1"), ("baseline", "v2"),
+                                                                ("ianet", "v1")]
+    assert sorted(r.name for r in store.runs(code="v1")) == ["baseline", "ianet"]
+    (only,) = store.runs(["baseline"], code="v2")
+    assert only.key == run_key({"lr": 0.1}, "v2") and only.complete
+    assert len(store.table()) == 3 and len(store.table(["baseline"])) == 2
+    assert store.table(code="v1").sort_values("name")["mAP"].tolist() == [0.1, 0.2]
+    assert store.runs(["nothing"]) == [] and store.table(["nothing"]).empty
+
+
+# ----------------------------------------------------------------------------------- stored evaluations
+DESCRIPTION = {"data": {"name": "market1501"}, "measure": {"kind": "Embedding"}, "post": []}
+
+
+def test_an_evaluation_key_depends_on_the_description_not_its_key_order():
+    reordered = {"post": [], "measure": {"kind": "Embedding"}, "data": {"name": "market1501"}}
+    assert evaluation_key(DESCRIPTION) == evaluation_key(reordered)
+    assert evaluation_key(DESCRIPTION) != evaluation_key({**DESCRIPTION, "post": [{"kind": "ReRank"}]})
+
+
+def test_evaluations_are_stored_under_their_run_with_or_without_distances(store):
+    run = store.get_or_train("baseline", CONFIG, lambda run: {"mAP": 0.5})
+    key = evaluation_key(DESCRIPTION)
+    assert run.load_evaluation(key) is None and run.evaluations() == []
+    distances = np.arange(6, dtype=np.float32).reshape(2, 3)
+    run.save_evaluation(key, DESCRIPTION, {"mAP": 0.25, "cmc": np.array([0.5, 1.0])}, distances)
+    metrics, matrix = run.load_evaluation(key, distances=True)
+    assert metrics == {"mAP": 0.25, "cmc": [0.5, 1.0]}
+    np.testing.assert_array_equal(matrix, distances)
+    assert matrix.dtype == np.float32
+    assert run.load_evaluation(key) == (metrics, None)  # distances only when asked for
+
+    other = evaluation_key({**DESCRIPTION, "post": [{"kind": "ReRank"}]})
+    run.save_evaluation(other, {**DESCRIPTION, "post": [{"kind": "ReRank"}]}, {"mAP": 0.3})
+    assert run.load_evaluation(other) == ({"mAP": 0.3}, None)
+    assert run.load_evaluation(other, distances=True) is None  # not kept: must be computed again
+    listed = {e["key"]: e for e in run.evaluations()}
+    assert set(listed) == {key, other}
+    assert listed[key]["description"] == DESCRIPTION and listed[other]["metrics"] == {"mAP": 0.3}
+    assert (run.evaluation_dir(key) / "COMPLETE").is_file()
+
+
+def test_an_evaluation_without_its_marker_is_not_there(store):
+    run = store.get_or_train("baseline", CONFIG, lambda run: {"mAP": 0.5})
+    key = evaluation_key(DESCRIPTION)
+    run.save_evaluation(key, DESCRIPTION, {"mAP": 0.25})
+    (run.evaluation_dir(key) / "COMPLETE").unlink()  # as if the process died before the marker
+    assert run.load_evaluation(key) is None and run.evaluations() == []
+
+
+def test_evaluations_follow_their_runs_key(store, tmp_path):
+    run = store.get_or_train("baseline", CONFIG, lambda run: {"mAP": 0.5})
+    run.save_evaluation(evaluation_key(DESCRIPTION), DESCRIPTION, {"mAP": 0.25})
+    retrained = ResultsStore(store.root, code="code-v2").get_or_train("baseline", CONFIG, lambda run: {})
+    assert retrained.evaluations() == [] and retrained.load_evaluation(evaluation_key(DESCRIPTION)) is None
+
+
+def test_write_json_and_read_json_round_trip_and_default_to_empty(store):
+    run = store.run("baseline", CONFIG)
+    assert run.read_json("training.json") == {}
+    run.write_json("training.json", {"seconds": 1.5, "device": "cpu", "losses": np.array([0.5, 0.25])})
+    assert run.read_json("training.json") == {"seconds": 1.5, "device": "cpu", "losses": [0.5, 0.25]}
+    assert not [p.name for p in run.dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_atomic_torch_save_round_trips(tmp_path):
+    path = atomic_torch_save({"w": torch.arange(3)}, tmp_path / "deep" / "model.pt")
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(3))
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]

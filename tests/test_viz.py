@@ -23,6 +23,7 @@ from reidbook.engine import History  # noqa: E402
 from reidbook.evaluation.ranking import evaluate_rank  # noqa: E402
 from reidbook.models.baseline import Baseline  # noqa: E402
 from reidbook.models.qaconv import Correspondences, QueryAdaptiveConv  # noqa: E402
+from reidbook.report import spread  # noqa: E402
 
 H, W = 64, 32
 
@@ -496,13 +497,15 @@ def test_results_table_from_an_evaluation_dict_drops_arrays():
     assert table.loc["result", ("paper", "rank-1")] == 94.1
 
 
-def test_mean_spread():
-    assert viz.mean_spread([0.81, 0.86, 0.84]) == "83.7 ± 2.5"
-    assert viz.mean_spread([0.81, 0.86, 0.84], "std") == f"83.7 ± {np.std([81, 86, 84], ddof=1):.1f}"
-    assert viz.mean_spread([72.0, 75.0], decimals=2) == "73.50 ± 1.50"
-    assert viz.mean_spread([0.5]) == "50.0"
-    with pytest.raises(ValueError, match="spread"):
-        viz.mean_spread([0.1, 0.2], "iqr")
+def test_plot_bar_compare_error_bars_are_the_reports_spread():
+    df = pd.DataFrame({"method": ["a", "a", "a"], "seed": [0, 1, 2], "mAP": [0.81, 0.86, 0.84]})
+    for kind in ("half-range", "std"):
+        (ax,) = viz.plot_bar_compare(df, "mAP", spread=kind).axes
+        low, high = ax.collections[0].get_segments()[0][:, 1]
+        assert (high - low) / 2 == pytest.approx(spread([81.0, 86.0, 84.0], kind))
+        plt.close(ax.figure)
+    with pytest.raises(ValueError, match="'iqr'"):
+        viz.plot_bar_compare(df, "mAP", spread="iqr")
 
 
 def test_plot_bar_compare_means_and_error_bars():
