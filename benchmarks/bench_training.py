@@ -29,6 +29,7 @@ SETTINGS = {
     "bf16 autocast": {"amp": True},
     "bf16 + channels_last": {"amp": True, "channels_last": True},
     "torch.compile": {"compile": True},
+    "compile + channels_last": {"compile": True, "channels_last": True},
     "compile + bf16 + channels_last": {"compile": True, "amp": True, "channels_last": True},
 }
 BATCH_P, BATCH_K = 16, 4

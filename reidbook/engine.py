@@ -38,9 +38,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .atomic import atomic_torch_save, atomic_write_text
+from .progress import tqdm
 
 Batch = dict[str, Any]
 Criterion = Callable[[Any, Batch], Mapping[str, torch.Tensor]]

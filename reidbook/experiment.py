@@ -84,15 +84,17 @@ def open_dataset(
 
 def dataset_identity(dataset: ReIDDataset) -> dict[str, Any]:
     """What identifies a dataset in a run's config: reader name, folder, split sizes, training identities,
-    and for the built-in world how it was generated (so that stress worlds can be derived from a run)."""
+    for the built-in world how it was generated (so that stress worlds can be derived from a run), and
+    ``meta["variant"]``, set by whatever changed the records after reading (e.g. label noise)."""
     identity = {
         "name": dataset.name,
         "folder": Path(dataset.root).name,
         "sizes": [len(dataset.train), len(dataset.query), len(dataset.gallery)],
         "num_train_pids": dataset.num_train_pids,
     }
-    if "built_in" in dataset.meta:
-        identity["built_in"] = dataset.meta["built_in"]
+    for key in ("built_in", "variant"):  # how it was generated; how it was changed after reading (e.g. noise)
+        if key in dataset.meta:
+            identity[key] = dataset.meta[key]
     return identity
 
 
@@ -132,8 +134,9 @@ def pretraining(profile: Profile | str, *, store: ResultsStore | None = None, tr
     data = open_dataset(spec["dataset"], world=spec["world"], world_seed=spec["world_seed"])
     schedule = {k: spec[k] for k in ("epochs", "milestones", "warmup_epochs") if k in spec}
     pre_profile = profile.replace(init="random", pretrain={}, eval_every=0, **schedule)
-    find = train if train_missing else lookup
-    return find(spec["method"], data, pre_profile, seed=0, store=store, progress=progress)
+    if not train_missing:
+        return lookup(spec["method"], data, pre_profile, seed=0, store=store)
+    return train(spec["method"], data, pre_profile, seed=0, store=store, progress=progress)
 
 
 def _plan(method: str, dataset: ReIDDataset, profile: Profile | str, seed: int | None,
@@ -259,7 +262,7 @@ def train(method: str, dataset: ReIDDataset, profile: Profile | str, seed: int |
         loader = recipe.loader(dataset.train, profile, plan.seed, recipe.augment, plan.options)
         model = _build(plan, num_classes)
         lr_mults = dict(recipe.trained_start_lr_mults) if profile.init != "random" else {}
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         history = fit(
             model, recipe.build_criterion(model, num_classes, plan.options), loader, epochs=profile.epochs,
             optimizer=profile.optimizer, lr=profile.lr, weight_decay=profile.weight_decay,
@@ -270,14 +273,15 @@ def train(method: str, dataset: ReIDDataset, profile: Profile | str, seed: int |
             amp=profile.amp, channels_last=profile.channels_last, progress=progress,
             param_groups=param_groups(model, profile.lr, lr_mults) if lr_mults else None,
         )
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         run.save_model(model)
         run.save_history(history)
         steps = history.steps
         terms = [c[: -len("_weight")] for c in steps.columns if c.endswith("_weight")]
         last_epoch = history.epochs.iloc[-1]
         run.write_json("training.json", {
-            "seconds": seconds, "epochs": profile.epochs, "steps": len(steps), "device": device.type,
+            "seconds": seconds, "cpu_seconds": cpu_seconds, "threads": torch.get_num_threads(),
+            "epochs": profile.epochs, "steps": len(steps), "device": device.type,
             "images_per_second": len(steps) * profile.batch_size / max(steps["time"].sum(), 1e-9),
             "final_losses": {t: float(last_epoch[t]) for t in terms},
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -324,7 +328,7 @@ def evaluate(run: Run, dataset: ReIDDataset, evaluator: Evaluator | None = None,
     split = _split(run, dataset, evaluator, progress)
     result = evaluator.evaluate_split(split, dataset, post)
     _store_evaluation(run, dataset, result, keep_distances)
-    return result
+    return Evaluation(result.metrics, result.distances, description)
 
 
 def _split(run: Run, dataset: ReIDDataset, evaluator: Evaluator, progress: bool = False) -> TestSplit:

@@ -217,9 +217,6 @@ def test_a_post_processed_evaluation_is_stored_and_reused_across_processes(train
         evaluate(run, tiny_world, post=[ReRank(k1=7, k2=3)])
 
 
-@pytest.mark.xfail(strict=True, reason="experiment.evaluate returns the evaluator's description (no 'data') "
-                   "when it computes an evaluation, but the stored description (with 'data') when it "
-                   "reuses one")
 def test_a_fresh_and_a_reused_evaluation_describe_themselves_alike(trained, tiny_world):
     _, run, _ = trained
     fresh = evaluate(run, tiny_world, post=[ReRank(k1=5, k2=2)])
@@ -339,9 +336,6 @@ def test_a_world_start_trains_the_pretraining_run_first_reproducibly_and_loads_i
     assert all(torch.equal(v, start[k]) for k, v in untrained.backbone.state_dict().items())
 
 
-@pytest.mark.xfail(strict=True, reason="pretraining(train_missing=False) passes progress= to lookup(), which "
-                   "takes it for a method option (ValueError: no option ['progress']), so lookup() of any "
-                   "init='world' run fails")
 def test_a_world_started_run_can_be_looked_up(trained, tiny_world):
     store, reference, _ = trained
     profile = PROFILE.replace(init="world", pretrain=PRETRAIN)

@@ -80,7 +80,7 @@ class ReIDDataset:
     def __repr__(self) -> str:
         return (
             f"ReIDDataset({self.name!r}, train={len(self.train)} imgs/{self.num_train_pids} ids, "
-            f"query={len(self.query)}, gallery={len(self.gallery)}, root={self.root!r})"
+            f"query={len(self.query)}, gallery={len(self.gallery)}, folder={Path(self.root).name!r})"
         )
 
 

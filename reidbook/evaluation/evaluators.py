@@ -250,7 +250,7 @@ def _times_and_cams(records: Sequence[Record], role: str) -> tuple[np.ndarray, n
 @dataclass(frozen=True)
 class TLift:
     """Temporal lifting (Liao & Shao, ECCV 2020, Eq. 3) of the scores ``1 - d``, as the authors apply it to
-    re-ranked distances; distances outside [0, 1] are first divided by their maximum, a monotone map.
+    re-ranked distances; distances outside [0, 1] are first mapped onto it by min-max scaling (monotone).
     ``shuffle_times=True`` is the control: the time stamps are permuted across all test images (seeded by
     ``seed``) before lifting, which destroys the temporal evidence and keeps everything else."""
 
@@ -269,7 +269,7 @@ class TLift:
             q_times, g_times = shuffled[: len(q_times)], shuffled[len(q_times):]
         d = torch.as_tensor(distances, dtype=torch.float64)
         if d.min() < 0 or d.max() > 1:
-            d = d / d.max()
+            d = (d - d.min()) / (d.max() - d.min()).clamp_min(1e-12)
         lifted = tlift(1.0 - d, q_cams, q_times, g_cams, g_times, tau=self.tau, sigma=self.sigma, K=self.K,
                        alpha=self.alpha)
         return (1.0 - lifted).float()

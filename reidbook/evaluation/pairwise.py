@@ -14,15 +14,16 @@ from torch import Tensor
 
 from ..progress import tqdm
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
+Features = Tensor | dict[str, Tensor]
+ScoreFn = Callable[[Features, Features], Tensor]
 CONVERSIONS = {"negate": lambda s: -s, "one_minus": lambda s: 1.0 - s, "as_distance": lambda s: s}
 
 
 @torch.no_grad()
 def pairwise_distance_matrix(
     score_fn: ScoreFn,
-    query_feats: Tensor,
-    gallery_feats: Tensor,
+    query_feats: Features,
+    gallery_feats: Features,
     q_chunk: int = 256,
     g_chunk: int = 1024,
     device: torch.device | str | None = None,
@@ -34,7 +35,8 @@ def pairwise_distance_matrix(
 
     Args:
         score_fn: ``(query_block, gallery_block) -> (q, g)`` similarities (larger = more similar).
-        query_feats, gallery_feats: tensors whose first dim is the batch (embeddings or feature maps).
+        query_feats, gallery_feats: tensors whose first dim is the batch (embeddings or feature maps), or
+            dicts of such tensors (a model's several test features), sliced together.
         q_chunk, g_chunk: block sizes; only one (q_chunk, g_chunk) block of inputs and scores is on
             ``device`` at a time (plus whatever ``score_fn`` allocates).
         device: where ``score_fn`` runs (default: the query features' device).
@@ -48,18 +50,18 @@ def pairwise_distance_matrix(
         raise ValueError(f"conversion must be one of {sorted(CONVERSIONS)}, got {conversion!r}")
     if q_chunk < 1 or g_chunk < 1:
         raise ValueError(f"q_chunk and g_chunk must be positive, got {q_chunk} and {g_chunk}")
-    device = torch.device(device) if device is not None else query_feats.device
+    device = torch.device(device) if device is not None else _first(query_feats).device
     to_distance = CONVERSIONS[conversion]
-    num_q, num_g = len(query_feats), len(gallery_feats)
+    num_q, num_g = len(_first(query_feats)), len(_first(gallery_feats))
     dist = torch.empty(num_q, num_g, dtype=torch.float32, device=out_device)
     q_starts, g_starts = range(0, num_q, q_chunk), range(0, num_g, g_chunk)
     with tqdm(total=len(q_starts) * len(g_starts), desc="pair scores", disable=not progress) as bar:
         for qs in q_starts:
-            q_block = query_feats[qs : qs + q_chunk].to(device)
+            q_block = _block(query_feats, slice(qs, qs + q_chunk), device)
             for gs in g_starts:
-                g_block = gallery_feats[gs : gs + g_chunk].to(device)
+                g_block = _block(gallery_feats, slice(gs, gs + g_chunk), device)
                 scores = score_fn(q_block, g_block)
-                expected = (len(q_block), len(g_block))
+                expected = (len(_first(q_block)), len(_first(g_block)))
                 if tuple(scores.shape) != expected:
                     raise ValueError(
                         f"score_fn returned shape {tuple(scores.shape)} for a block of {expected[0]} "
@@ -68,3 +70,13 @@ def pairwise_distance_matrix(
                 dist[qs : qs + q_chunk, gs : gs + g_chunk] = to_distance(scores.float()).to(out_device)
                 bar.update(1)
     return dist
+
+
+def _first(features: Features) -> Tensor:
+    return next(iter(features.values())) if isinstance(features, dict) else features
+
+
+def _block(features: Features, rows: slice, device: torch.device) -> Features:
+    if isinstance(features, dict):
+        return {name: value[rows].to(device) for name, value in features.items()}
+    return features[rows].to(device)

@@ -17,8 +17,9 @@ from ..recipe import Options, Recipe
 from ..registry import register
 
 #: The paper's IANet (Section 3.4): IA blocks after stages 2 and 3, SIA then CIA, three contexts.
-PAPER_IANET = {"formulation": "paper", "stages": [2, 3], "placement": "bottleneck", "arrangement": "sia-cia",
-               "contexts": [1, 2, 3], "fusion": "product", "relation": "semantic", "scale_dot_products": False}
+PAPER_IANET = {"formulation": "paper", "stages": [2, 3], "placement": "bottleneck",
+               "arrangement": "sia-cia", "contexts": [1, 2, 3], "fusion": "product", "relation": "semantic",
+               "scale_dot_products": False}
 #: The authors' released code: the same blocks, SIA with one context and sqrt(C)-scaled dot-products.
 AUTHORS_IANET = {**PAPER_IANET, "formulation": "authors", "contexts": [1], "scale_dot_products": True}
 LOSSES = ("baseline", "paper")
