@@ -153,3 +153,48 @@ PYRAMID_TABLE4: dict[str, dict[str, float]] = {
     "Pyramid-ours": _map_cmc(88.2, 95.7, 98.4, 99.0),
     "PCB+RPP": _map_cmc(81.6, 93.8, 97.5, 98.5),
 }
+
+
+def _sysu(rank1: float, rank5: float | None, rank10: float, rank20: float,
+          mean_ap: float) -> dict[str, float]:
+    row = {"rank-1": rank1, "rank-5": rank5, "rank-10": rank10, "rank-20": rank20, "mAP": mean_ap}
+    return {k: v for k, v in row.items() if v is not None}
+
+
+# DDAG (Ye et al., ECCV 2020): a two-stream ResNet-50 (ImageNet weights), 288x144, on SYSU-MM01 (infrared
+# queries, visible gallery, single-shot, 10 random galleries) and RegDB (10 splits). Table 1 (components;
+# all- and indoor-search) lists r = 1, 5, 10, 20 and mAP per row in column order. Table 2 (part-attention
+# designs, B + P, all-search) has columns "Res." (residual: none / identity "Res" / residual BN "RBN"),
+# r = 1, 10, 20, mAP. Table 3 (B + G, all-search) is printed transposed: the header row holds N_g = 0, 1,
+# 2, 4, 8 and the two rows are rank-1 and mAP (N_g = 0 repeats B). Table 5 gives DDAG on RegDB in both
+# directions (r = 1, 10, 20, mAP). The extraction keeps the rows and columns of these tables in order.
+DDAG_TABLES: dict[str, dict[str, dict[str, float]]] = {
+    "1 all-search": {
+        "B": _sysu(48.18, 75.81, 85.73, 93.52, 47.64),
+        "B+P": _sysu(53.69, 81.16, 88.38, 94.56, 51.37),
+        "B+G": _sysu(50.75, 78.43, 86.71, 93.62, 49.73),
+        "B+P+G": _sysu(54.75, 82.31, 90.39, 95.81, 53.02),
+    },
+    "1 indoor-search": {
+        "B": _sysu(49.52, 78.86, 88.70, 95.27, 58.12),
+        "B+P": _sysu(58.08, 84.91, 92.37, 97.26, 65.07),
+        "B+G": _sysu(52.90, 83.50, 92.65, 97.75, 62.26),
+        "B+P+G": _sysu(61.02, 87.13, 94.06, 98.41, 67.98),
+    },
+    "2": {
+        "B (no parts)": _sysu(48.18, None, 85.73, 93.52, 47.64),
+        "avg, Res": _sysu(48.34, None, 86.03, 93.72, 48.43),
+        "concat, Res": _sysu(50.34, None, 86.43, 94.19, 49.77),
+        "weight, Res": _sysu(51.06, None, 86.78, 94.39, 49.92),
+        "weight, RBN": _sysu(53.69, None, 88.38, 94.56, 51.37),
+    },
+    "3": {
+        "N_g=0 (B)": {"rank-1": 48.18, "mAP": 47.64},
+        "N_g=1": {"rank-1": 49.26, "mAP": 48.42},
+        "N_g=2": {"rank-1": 49.85, "mAP": 49.12},
+        "N_g=4": {"rank-1": 50.45, "mAP": 49.46},
+        "N_g=8": {"rank-1": 50.75, "mAP": 49.73},
+    },
+    "5 visible->thermal": {"B+P+G": _sysu(69.34, None, 86.19, 91.49, 63.46)},
+    "5 thermal->visible": {"B+P+G": _sysu(68.06, None, 85.15, 90.31, 61.80)},
+}
