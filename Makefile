@@ -6,6 +6,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROFILE ?= cpu
+DEVICE  ?= auto
 FORCE   ?= 0
 
 .PHONY: install lint test book lab bench clean
@@ -24,9 +25,10 @@ lint: install
 test: lint
 	$(BIN)/pytest
 
-# Re-execute every chapter (papermill, profile $(PROFILE)) and build _build/html; FORCE=1 retrains cached runs.
+# Re-execute every chapter (papermill, profile $(PROFILE), device $(DEVICE)) and build _build/html; prints each
+# chapter's time against its budget; FORCE=1 retrains cached runs.
 book: install
-	$(BIN)/python -m reidbook.book --profile $(PROFILE) $(if $(filter 1,$(FORCE)),--force,)
+	$(BIN)/python -m reidbook.book --profile $(PROFILE) --device $(DEVICE) $(if $(filter 1,$(FORCE)),--force,)
 
 # JupyterLab from .venv on book/, with the "reidbook (.venv)" kernel and widget progress bars; PORT=8890 picks
 # the port. tests/test_browser.py starts the same command.
@@ -34,6 +36,7 @@ lab: install
 	$(BIN)/python -m reidbook.book --lab $(if $(PORT),--port $(PORT),)
 
 bench: install
+	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_evaluation.py
 	$(BIN)/python benchmarks/bench_qaconv.py
 

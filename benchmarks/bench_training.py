@@ -46,9 +46,9 @@ def size_arg(text: str) -> tuple[int, int]:
 
 def child(setting: str, height: int, width: int, steps: int, warmup: int, threads: int) -> dict:
     """One setting, in this (fresh) process: img/s of the model step and of the loader-fed step."""
-    import torch
-
     from contextlib import nullcontext
+
+    import torch
 
     from reidbook.data.loader import build_train_loader
     from reidbook.engine import seed_everything
@@ -125,7 +125,8 @@ def main() -> None:
         return
 
     print(f"baseline ResNet-18, batch {BATCH_P * BATCH_K}, {args.steps} timed steps after {args.warmup}, "
-          f"{args.threads} threads; img/s (model step alone | loader-fed step, share of time waiting for data)")
+          f"{args.threads} threads; img/s (model step alone | loader-fed step, share of time waiting for "
+          "data)")
     results: dict[tuple[str, tuple[int, int]], dict] = {}
     for size in args.sizes:
         for setting in args.settings:

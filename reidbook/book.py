@@ -447,9 +447,11 @@ def build_html(staging: Path, output: Path) -> Path:
 
 
 def regenerate(
-    profile: str, staging: Path, output: Path, only: list[str] | None = None, log_output: bool = True
+    profile: str, staging: Path, output: Path, only: list[str] | None = None, log_output: bool = True,
+    device: str = "auto",
 ) -> dict[str, float]:
-    """Execute the chapters (all, or those whose name contains one of ``only``) and build the HTML.
+    """Execute the chapters (all, or those whose name contains one of ``only``) with the parameters
+    ``profile`` and ``device``, and build the HTML.
 
     What :func:`output_problems` finds in the executed chapters is printed at the end, not raised: the book
     is still built, and ``make test`` fails on it."""
@@ -458,11 +460,13 @@ def regenerate(
     for chapter in toc_chapters():
         if only and not any(key in chapter.stem for key in only):
             continue
-        print(f"[book] executing {chapter} (profile={profile}) ...", flush=True)
+        print(f"[book] executing {chapter} (profile={profile}, device={device}) ...", flush=True)
         seconds[chapter.stem] = execute_chapter(
-            REPO_ROOT / chapter, staging / chapter, {"profile": profile}, log_output=log_output
+            REPO_ROOT / chapter, staging / chapter, {"profile": profile, "device": device},
+            log_output=log_output,
         )
-        print(f"[book] {chapter.stem}: {seconds[chapter.stem]:.0f} s", flush=True)
+        spent = budget_line(profile, chapter.stem, seconds[chapter.stem])
+        print(f"[book] {chapter.stem}: {spent}", flush=True)
     html = build_html(staging, output)
     for chapter in toc_chapters():
         page = html / chapter.with_suffix(".html")
@@ -471,6 +475,16 @@ def regenerate(
         print(f"[book] {chapter.stem}: page {size}" + "".join(f"\n  PROBLEM {p}" for p in problems))
     print(f"[book] HTML at {html / 'index.html'}")
     return seconds
+
+
+def budget_line(profile: str, chapter: str, seconds: float) -> str:
+    """``"412 s (budget 420 s)"``, with ``OVER BUDGET`` when the profile's chapter budget is exceeded."""
+    from .profiles import get_profile
+
+    budget = get_profile(profile).budgets.get(chapter)
+    if budget is None:
+        return f"{seconds:.0f} s (no budget set)"
+    return f"{seconds:.0f} s (budget {budget:.0f} s)" + ("  OVER BUDGET" if seconds > budget else "")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -508,6 +522,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default="cpu", help="smoke, cpu (default) or paper")
     parser.add_argument("--force", action="store_true", help="retrain runs found in the results store")
     parser.add_argument("--only", nargs="*", help="execute only the chapters whose file name contains these")
+    parser.add_argument("--device", default="auto",
+                        help="the chapters' device parameter: auto (default), cpu, cuda, cuda:1, mps")
     lab = parser.add_argument_group("make lab: start JupyterLab on book/ instead of regenerating the book")
     lab.add_argument("--lab", action="store_true", help="start JupyterLab (what `make lab` runs)")
     lab.add_argument("--port", type=int, help="JupyterLab's port (default: Jupyter's choice)")
@@ -524,12 +540,12 @@ def main(argv: list[str] | None = None) -> None:
     staging = REPO_ROOT / "_build" / "executed" / args.profile
     start = time.perf_counter()
     try:
-        seconds = regenerate(args.profile, staging, REPO_ROOT, args.only)
+        seconds = regenerate(args.profile, staging, REPO_ROOT, args.only, device=args.device)
     except ChapterFailed as err:
         sys.exit(f"[book] FAILED: {err}")
     for name, sec in seconds.items():
-        print(f"  {name:<32s} {sec:7.0f} s")
-    print(f"  {'total':<32s} {time.perf_counter() - start:7.0f} s")
+        print(f"  {name:<32s} {budget_line(args.profile, name, sec)}")
+    print(f"  {'total (chapters and HTML)':<32s} {time.perf_counter() - start:7.0f} s")
 
 
 if __name__ == "__main__":

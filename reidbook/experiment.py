@@ -132,7 +132,8 @@ def pretraining(profile: Profile | str, *, store: ResultsStore | None = None, tr
     if not spec:
         raise ValueError(f"profile {profile.name!r} has no pretrain spec")
     data = open_dataset(spec["dataset"], world=spec["world"], world_seed=spec["world_seed"])
-    schedule = {k: spec[k] for k in ("epochs", "milestones", "warmup_epochs") if k in spec}
+    schedule = {k: spec[k] for k in ("epochs", "milestones", "warmup_epochs", "max_steps_per_epoch")
+                if k in spec}
     pre_profile = profile.replace(init="random", pretrain={}, eval_every=0, **schedule)
     if not train_missing:
         return lookup(spec["method"], data, pre_profile, seed=0, store=store)

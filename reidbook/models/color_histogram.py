@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..data.records import ReIDDataset
+
 METRICS = ("bhattacharyya", "l1")
 
 
@@ -104,6 +106,18 @@ class ColorHistogramMatcher:
     def distance_matrix(self, query: Sequence, gallery: Sequence) -> np.ndarray:
         """(len(query), len(gallery)) distances between two lists of images."""
         return self.distance(self.features(query), self.features(gallery))
+
+
+def histogram_scores(dataset: ReIDDataset, matcher: ColorHistogramMatcher | None = None) -> dict[str, float]:
+    """Rank-1, mAP and mINP of the colour-histogram matcher (no learning) on ``dataset``'s test split,
+    under the standard protocol."""
+    from ..evaluation.ranking import evaluate_rank
+
+    matcher = matcher or ColorHistogramMatcher()
+    dist = matcher.distance_matrix([r.path for r in dataset.query], [r.path for r in dataset.gallery])
+    result = evaluate_rank(dist, [r.pid for r in dataset.query], [r.pid for r in dataset.gallery],
+                           [r.camid for r in dataset.query], [r.camid for r in dataset.gallery])
+    return {"rank1": float(result["cmc"][0]), "mAP": result["mAP"], "mINP": result["mINP"]}
 
 
 def _as_rgb(image: str | Path | Image.Image | np.ndarray) -> np.ndarray:
