@@ -47,7 +47,8 @@ def switching_batches(records: Sequence[Record], profile: Profile, seed: int, au
                       options: Options) -> DataLoader:
     """Algorithm 1's loader: random batches and ``batch_p`` identities x ``batch_k`` images, per step."""
     return build_dynamic_train_loader(records, height=profile.height, width=profile.width, seed=seed,
-                                      num_identities=profile.batch_p, num_instances=profile.batch_k, **augment)
+                                      num_identities=profile.batch_p, num_instances=profile.batch_k,
+                                      **augment)
 
 
 def build_hooks(profile: Profile, options: Options) -> list:
