@@ -56,6 +56,21 @@ def shuffled_batches(
 
 
 @dataclass(frozen=True)
+class Headline:
+    """A paper's headline claim, as the comparison the book runs for it: ``method`` with ``options``
+    against ``reference`` with ``reference_options``, both trained on ``dataset`` (a built-in world) and
+    evaluated on ``test`` (default: the same), compared on ``metric`` over the profile's seeds."""
+
+    claim: str
+    dataset: str = "synthetic-market"
+    test: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    reference: str = "baseline"
+    reference_options: Mapping[str, Any] = field(default_factory=dict)
+    metric: str = "mAP"
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything the generic glue needs to train and judge one method.
 
@@ -77,6 +92,8 @@ class Recipe:
         hooks: ``(profile, options) -> [hooks]`` for :func:`reidbook.engine.fit` (weights, sampler switches).
         profiles: the paper's changes to a profile, by profile name (e.g. QAConv's SGD schedule).
         paper: the paper's numbers, from :mod:`reidbook.paper_numbers` (where each was read is said there).
+        headline: the paper's headline claim as a comparison (the comparison chapter runs it for every
+            method that has one).
     """
 
     name: str
@@ -94,6 +111,7 @@ class Recipe:
     hooks: HooksBuilder | None = None
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     paper: Mapping[str, Any] = field(default_factory=dict)
+    headline: Headline | None = None
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """The defaults updated by ``given``.

@@ -13,7 +13,7 @@ from ...models.ianet import IANet, IANetCriterion
 from ...paper_numbers import IANET_BACKBONES, IANET_TABLES
 from ...profiles import Profile
 from ..baseline import BASELINE
-from ..recipe import Options, Recipe
+from ..recipe import Headline, Options, Recipe
 from ..registry import register
 
 #: The paper's IANet (Section 3.4): IA blocks after stages 2 and 3, SIA then CIA, three contexts.
@@ -46,4 +46,6 @@ IANET = register(Recipe(
     build_criterion=build_criterion,
     options={**PAPER_IANET, "loss": "baseline"},
     paper={"tables": IANET_TABLES, "backbones": IANET_BACKBONES},
+    headline=Headline("IA blocks (SIA + CIA after stages 2 and 3) raise mAP over the same network without "
+                      "them (Tables 1 and 4)"),
 ))
