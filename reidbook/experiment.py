@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from .data import ReIDDataset, load_dataset
-from .engine import fit, resolve_device, seed_everything
+from .distributed import is_main_process, world_size
+from .engine import CheckpointDir, fit, resolve_device, seed_everything
 from .evaluation.evaluators import Evaluation, Evaluator, PostStep, TestSplit, describe
 from .fingerprint import code_fingerprint
 from .methods.recipe import Recipe
@@ -239,15 +240,21 @@ def _summary(run: Run, action: str) -> str:
 
 
 def train(method: str, dataset: ReIDDataset, profile: Profile | str, seed: int | None = None, *,
-          store: ResultsStore | None = None, progress: bool = True, **options: Any) -> Run:
+          store: ResultsStore | None = None, progress: bool = True, sync_batchnorm: bool = True,
+          **options: Any) -> Run:
     """Train ``method`` on ``dataset.train`` in ``profile`` (the recipe's changes applied) and evaluate it on
     ``dataset``'s test split with the recipe's evaluator; return the complete, stored run. A run already
-    stored under the same key is returned without training (``REIDBOOK_FORCE=1`` retrains). ``options`` are
-    the method's own (see ``reidbook.methods.get(method).options``)."""
+    stored under the same key is returned without training (``REIDBOOK_FORCE=1`` retrains; a stored run with
+    a damaged file is trained again). ``options`` are the method's own (see
+    ``reidbook.methods.get(method).options``).
+
+    Under several processes (``torchrun``, see :mod:`reidbook.distributed`) every rank calls it alike: the
+    run has the same key as one process's (same global batches), every rank trains its share, rank 0
+    stores; ``sync_batchnorm`` (not part of the key) normalises with the global batch's statistics."""
     store = store or ResultsStore()
     plan = _plan(method, dataset, profile, seed, options, store, train_missing=True, progress=progress)
     existing = store.run(plan.recipe.name, plan.config, plan.code)
-    if existing.complete and not force_from_env():
+    if existing.complete and not force_from_env() and not existing.problems():
         print(_summary(existing, "reused from the results store"), flush=True)
         return existing
     recipe, profile = plan.recipe, plan.profile
@@ -273,23 +280,28 @@ def train(method: str, dataset: ReIDDataset, profile: Profile | str, seed: int |
             seed=plan.seed, hooks=recipe.build_hooks(profile, plan.options), feed=recipe.feed,
             amp=profile.amp, channels_last=profile.channels_last, progress=progress,
             param_groups=param_groups(model, profile.lr, lr_mults) if lr_mults else None,
+            sync_batchnorm=sync_batchnorm,
         )
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-        run.save_model(model)
-        run.save_history(history)
-        steps = history.steps
-        terms = [c[: -len("_weight")] for c in steps.columns if c.endswith("_weight")]
-        last_epoch = history.epochs.iloc[-1]
-        run.write_json("training.json", {
-            "seconds": seconds, "cpu_seconds": cpu_seconds, "threads": torch.get_num_threads(),
-            "epochs": profile.epochs, "steps": len(steps), "device": device.type,
-            "images_per_second": len(steps) * profile.batch_size / max(steps["time"].sum(), 1e-9),
-            "final_losses": {t: float(last_epoch[t]) for t in terms},
-            "parameters": sum(p.numel() for p in model.parameters()),
-        })
+        writer = is_main_process()  # under several processes only rank 0 writes
+        if writer:
+            run.save_model(model)
+            run.save_history(history)
+            steps = history.steps
+            terms = [c[: -len("_weight")] for c in steps.columns if c.endswith("_weight")]
+            last_epoch = history.epochs.iloc[-1]
+            run.write_json("training.json", {
+                "seconds": seconds, "cpu_seconds": cpu_seconds, "threads": torch.get_num_threads(),
+                "epochs": profile.epochs, "steps": len(steps), "device": device.type,
+                "images_per_second": len(steps) * profile.batch_size / max(steps["time"].sum(), 1e-9),
+                "final_losses": {t: float(last_epoch[t]) for t in terms},
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "world_size": world_size(), "sync_batchnorm": sync_batchnorm and world_size() > 1,
+            })
         result = evaluator.evaluate(model.eval(), dataset, height=profile.height, width=profile.width,
                                     feed=recipe.feed, device=device, num_workers=profile.num_workers)
-        _store_evaluation(run, dataset, result, keep_distances=False)
+        if writer:
+            _store_evaluation(run, dataset, result, keep_distances=False)
         _remember(_MODELS, run.dir.as_posix(), model.cpu())
         return result.metrics
 
@@ -328,7 +340,8 @@ def evaluate(run: Run, dataset: ReIDDataset, evaluator: Evaluator | None = None,
         return Evaluation(metrics, None if distances is None else torch.as_tensor(distances), description)
     split = _split(run, dataset, evaluator, progress)
     result = evaluator.evaluate_split(split, dataset, post)
-    _store_evaluation(run, dataset, result, keep_distances)
+    if is_main_process():  # under several processes the features were gathered in every rank; rank 0 stores
+        _store_evaluation(run, dataset, result, keep_distances)
     return Evaluation(result.metrics, result.distances, description)
 
 
@@ -343,6 +356,13 @@ def _split(run: Run, dataset: ReIDDataset, evaluator: Evaluator, progress: bool 
     return _remember(_SPLITS, key, evaluator.split(
         load_model(run), dataset, height=profile.height, width=profile.width, feed=recipe.feed, device="auto",
         num_workers=profile.num_workers, progress=progress))
+
+
+def hook_states(run: Run) -> list[Any]:
+    """The state of each of the run's training hooks at the end of training (e.g. a dynamic-training log),
+    from its last checkpoint; ``[]`` when it kept none."""
+    checkpoint = CheckpointDir(run.checkpoint_dir).load_latest()
+    return [] if checkpoint is None else list(checkpoint["hooks"])
 
 
 def features(run: Run, dataset: ReIDDataset, evaluator: Evaluator | None = None) -> TestSplit:
@@ -371,23 +391,27 @@ def evaluation_frame(runs: Mapping[str, Sequence[Run]], datasets: Mapping[str, R
     return pd.DataFrame(rows)
 
 
-def stress_curve(runs: Sequence[Run], nuisances: str | Sequence[str], strengths: Sequence[float], *,
-                 test_world: Mapping[str, Any], evaluator: Evaluator | None = None,
+def stress_curve(runs: Sequence[Run] | Mapping[str, Sequence[Run]], nuisances: str | Sequence[str],
+                 strengths: Sequence[float], *, test_world: Mapping[str, Any],
+                 evaluator: Evaluator | None = None,
                  metrics: Sequence[str] = ("rank1", "mAP")) -> pd.DataFrame:
     """Trained models evaluated, without retraining, on fresh test worlds of their built-in world whose
     ``nuisances`` (one knob name or several, set together) have each of ``strengths`` (1 = the training
     world's strength), with the test split ``test_world`` (a profile's ``stress_world``, e.g. fewer test
-    identities). One row per (run, strength): method, seed, strength and ``metrics``. The
+    identities). ``runs`` is a list (each row labelled by its method) or ``{label: runs}``. One row per
+    (run, strength): method (the label), seed, strength and ``metrics``. The
     evaluations are stored under each run, so a later chapter reads the same numbers.
 
     Raises:
         ValueError: when a run was not trained on the built-in world (real data has no stress knobs).
     """
     knobs = [nuisances] if isinstance(nuisances, str) else list(nuisances)
+    labelled = ([(label, run) for label, group in runs.items() for run in group] if isinstance(runs, Mapping)
+                else [(run.name, run) for run in runs])
     rows = []
     for strength in strengths:
         worlds: dict[str, ReIDDataset] = {}
-        for run in runs:
+        for label, run in labelled:
             source = run.config["data"].get("built_in")
             if source is None:
                 raise ValueError(f"run {run.name}/{run.key} was trained on {run.config['data']['name']}, "
@@ -397,6 +421,6 @@ def stress_curve(runs: Sequence[Run], nuisances: str | Sequence[str], strengths:
             if name not in worlds:
                 worlds[name] = open_dataset(source["dataset"], world=world, world_seed=source["world_seed"])
             result = evaluate(run, worlds[name], evaluator)
-            rows.append({"method": run.name, "seed": run.config["seed"], "strength": strength,
+            rows.append({"method": label, "seed": run.config["seed"], "strength": strength,
                          **{m: result.metrics[m] for m in metrics}})
     return pd.DataFrame(rows)

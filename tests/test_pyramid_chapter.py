@@ -270,7 +270,7 @@ def test_dynamic_trace_draws_infinite_ratios_at_the_top():
 
 def test_dynamic_log_reads_the_last_checkpoint(tmp_path):
     run = SimpleNamespace(name="pyramid", key="k", checkpoint_dir=tmp_path)
-    with pytest.raises(FileNotFoundError, match="keeps no checkpoint"):
+    with pytest.raises(ValueError, match="kept no DynamicTraining hook state"):
         figures.dynamic_log(run)
     torch.save({"hooks": [None, {"log": [{"global_step": 0}], "pending": None}]},
                tmp_path / "checkpoint-000000001.pt")
@@ -278,7 +278,7 @@ def test_dynamic_log_reads_the_last_checkpoint(tmp_path):
                tmp_path / "checkpoint-000000002.pt")
     assert list(figures.dynamic_log(run)["global_step"]) == [0, 1]
     torch.save({"hooks": [None]}, tmp_path / "checkpoint-000000003.pt")
-    with pytest.raises(ValueError, match="no DynamicTraining hook state"):
+    with pytest.raises(ValueError, match="kept no DynamicTraining hook state"):
         figures.dynamic_log(run)
 
 
@@ -378,23 +378,6 @@ def test_level_gradcams_cover_every_level():
 
 
 # ------------------------------------------------------------------------------------- stress and cost
-def test_labelled_stress_curve_keeps_each_groups_label(monkeypatch):
-    calls = []
-
-    def fake_stress_curve(runs, nuisances, strengths, *, test_world):
-        calls.append((list(runs), nuisances, tuple(strengths), dict(test_world)))
-        return pd.DataFrame([{"method": "pyramid", "seed": r, "strength": s, "mAP": 0.1 * r}
-                             for s in strengths for r in runs])
-
-    monkeypatch.setattr(figures.experiment, "stress_curve", fake_stress_curve)
-    curve = figures.labelled_stress_curve({"stripes": [1], "Pyramid": [2, 3]}, "misalignment", (0.0, 3.0),
-                                          test_world={"num_test_ids": 5})
-    assert calls == [([1], "misalignment", (0.0, 3.0), {"num_test_ids": 5}),
-                     ([2, 3], "misalignment", (0.0, 3.0), {"num_test_ids": 5})]
-    assert list(curve["method"]) == ["stripes"] * 2 + ["Pyramid"] * 4
-    assert list(curve["seed"]) == [1, 1, 2, 3, 2, 3]
-
-
 def test_cost_table_ratios(monkeypatch):
     def fake_run(parameters, speed, seconds, dim):
         info = {"parameters": parameters, "images_per_second": speed, "seconds": seconds}

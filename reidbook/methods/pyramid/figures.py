@@ -291,15 +291,12 @@ def trace_summary(logs: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def dynamic_log(run: Run) -> pd.DataFrame:
-    """The per-step log of a run's :class:`DynamicTraining` hook, read from its last checkpoint (where
-    :func:`reidbook.engine.fit` saves the hooks' states)."""
-    checkpoints = sorted(run.checkpoint_dir.glob("checkpoint-*.pt"))
-    if not checkpoints:
-        raise FileNotFoundError(f"run {run.name}/{run.key} keeps no checkpoint: its hook log is lost")
-    hooks = torch.load(checkpoints[-1], map_location="cpu", weights_only=False)["hooks"]
-    states = [h for h in hooks if isinstance(h, dict) and "log" in h]
+    """The per-step log of a run's :class:`DynamicTraining` hook, as its training left it
+    (:func:`reidbook.experiment.hook_states`)."""
+    states = [h for h in experiment.hook_states(run) if isinstance(h, dict) and "log" in h]
     if not states:
-        raise ValueError(f"run {run.name}/{run.key} has no DynamicTraining hook state in its checkpoint")
+        raise ValueError(f"run {run.name}/{run.key} kept no DynamicTraining hook state (no checkpoint, or "
+                         "no such hook)")
     return pd.DataFrame(states[0]["log"])
 
 
@@ -408,15 +405,6 @@ def level_gradcams(model: PyramidNet, images: Tensor) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------- stress and cost
-def labelled_stress_curve(runs: Mapping[str, Sequence[Run]], nuisances: str | Sequence[str],
-                          strengths: Sequence[float], *, test_world: Mapping[str, object]) -> pd.DataFrame:
-    """:func:`reidbook.experiment.stress_curve` of each group of runs, its ``method`` column set to the
-    group's label (runs of one method with other options, e.g. the stripes alone, keep their own curve)."""
-    frames = [experiment.stress_curve(group, nuisances, strengths, test_world=test_world).assign(method=label)
-              for label, group in runs.items()]
-    return pd.concat(frames, ignore_index=True)
-
-
 def embedding_size(run: Run) -> int:
     """The length of the retrieval embedding of ``run``'s model (one forward pass of a blank image)."""
     profile = run.config["profile"]
