@@ -21,6 +21,7 @@ from reidbook.data import ReIDDataset
 from reidbook.data.records import Record
 from reidbook.data.sampler import SwitchingBatchSampler
 from reidbook.data.synthetic import MANIFEST
+from reidbook.engine import CheckpointDir
 from reidbook.methods.pyramid import figures, tables
 from reidbook.models.backbones import Backbone
 from reidbook.models.pyramid import BALANCED_STREAM, RANDOM_STREAM, DynamicTraining, PyramidNet
@@ -272,12 +273,12 @@ def test_dynamic_log_reads_the_last_checkpoint(tmp_path):
     run = SimpleNamespace(name="pyramid", key="k", checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="kept no DynamicTraining hook state"):
         figures.dynamic_log(run)
-    torch.save({"hooks": [None, {"log": [{"global_step": 0}], "pending": None}]},
-               tmp_path / "checkpoint-000000001.pt")
-    torch.save({"hooks": [None, {"log": [{"global_step": 0}, {"global_step": 1}], "pending": None}]},
-               tmp_path / "checkpoint-000000002.pt")
+    checkpoints = CheckpointDir(tmp_path)
+    checkpoints.save({"global_step": 1, "hooks": [None, {"log": [{"global_step": 0}], "pending": None}]})
+    checkpoints.save({"global_step": 2, "hooks": [None, {"log": [{"global_step": 0}, {"global_step": 1}],
+                                                         "pending": None}]})
     assert list(figures.dynamic_log(run)["global_step"]) == [0, 1]
-    torch.save({"hooks": [None]}, tmp_path / "checkpoint-000000003.pt")
+    checkpoints.save({"global_step": 3, "hooks": [None]})
     with pytest.raises(ValueError, match="kept no DynamicTraining hook state"):
         figures.dynamic_log(run)
 
