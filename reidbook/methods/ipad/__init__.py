@@ -26,7 +26,7 @@ from ...models.backbones import Backbone
 from ...models.ipad import IPAD_VARIANTS, IPADCriterion, build_ipad
 from ...paper_numbers import IPAD_TABLES
 from ...profiles import Profile
-from ..recipe import Options, Recipe
+from ..recipe import Headline, Options, Recipe
 from ..registry import register
 
 #: The paper's compression of the backbone's channels in the self-guided branch (2048 -> 512, III-C).
@@ -74,4 +74,6 @@ IPAD = register(Recipe(
              "label_smoothing": 0.1, "triplet_margin": 0.3},
     profiles={"paper": PAPER_PROFILE},
     paper={"tables": IPAD_TABLES},
+    headline=Headline("instance- and pair-aware dynamic convolutions (the self- and mutual-guided branches) "
+                      "raise mAP over the global branch alone, the strong baseline (Tables III and V)"),
 ))
