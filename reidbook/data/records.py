@@ -8,10 +8,12 @@ junk images are dropped).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 VISIBLE = "visible"
@@ -88,6 +90,55 @@ def relabel(records: Sequence[Record]) -> list[Record]:
     """Relabel person ids to ``0..N-1`` in sorted order of the original ids (for training splits)."""
     mapping = {pid: i for i, pid in enumerate(sorted({r.pid for r in records}))}
     return [Record(r.path, mapping[r.pid], r.camid, r.modality, r.time) for r in records]
+
+
+def with_label_noise(dataset: ReIDDataset, share: float, seed: int = 0) -> ReIDDataset:
+    """A copy of ``dataset`` whose training split has ``share`` of its images labelled as another identity.
+
+    The wrong labels are drawn with a generator seeded by ``seed``: ``round(share * len(train))`` images,
+    each given an identity drawn uniformly among the other training identities. One image of every
+    (identity, modality) keeps its label, so every identity keeps images in every modality it had (the
+    classifier's size and a cross-modality sampler's identities do not change). Query and gallery are
+    untouched. The copy records ``meta["variant"] = {"label_noise": share, "seed": seed}``, which enters a
+    run's key (:func:`reidbook.experiment.dataset_identity`). ``share = 0`` returns ``dataset`` itself.
+
+    Raises:
+        ValueError: if ``share`` is outside [0, 1), too large to leave one image per (identity, modality),
+            if the training split has fewer than two identities, or if ``dataset`` already has label noise.
+    """
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share < 1.0:
+        raise ValueError(f"share must be a fraction in [0, 1), got {share!r}")
+    if share == 0:
+        return dataset
+    if "label_noise" in dataset.meta.get("variant", {}):
+        raise ValueError(f"{dataset.name} already has label noise {dataset.meta['variant']}")
+    pids = sorted({r.pid for r in dataset.train})
+    if len(pids) < 2:
+        raise ValueError(
+            f"label noise needs at least two training identities, {dataset.name} has {len(pids)}"
+        )
+    rng = np.random.default_rng([seed, 5051])
+    kept: set[tuple[int, str]] = set()
+    candidates = []
+    for index in rng.permutation(len(dataset.train)):
+        record = dataset.train[int(index)]
+        if (record.pid, record.modality) in kept:
+            candidates.append(int(index))
+        kept.add((record.pid, record.modality))
+    count = int(round(share * len(dataset.train)))
+    if count > len(candidates):
+        raise ValueError(
+            f"share={share} asks for {count} wrong labels but only {len(candidates)} images can change while "
+            "one image per (identity, modality) keeps its label"
+        )
+    position = {pid: i for i, pid in enumerate(pids)}
+    train = list(dataset.train)
+    for index in sorted(rng.choice(candidates, size=count, replace=False).tolist()):
+        shift = int(rng.integers(1, len(pids)))  # another identity, uniformly
+        train[index] = replace(train[index], pid=pids[(position[train[index].pid] + shift) % len(pids)])
+    meta = copy.deepcopy(dataset.meta)
+    meta["variant"] = {**meta.get("variant", {}), "label_noise": share, "seed": seed}
+    return ReIDDataset(dataset.name, dataset.root, train, list(dataset.query), list(dataset.gallery), meta)
 
 
 def require_dir(path: Path, layout: str) -> Path:

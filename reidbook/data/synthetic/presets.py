@@ -36,8 +36,10 @@ PRESET_KNOBS = {
     "domain_gap": ("market-b",),
     "num_cameras": ("veri", "vehicleid"),
     "test_sizes": ("vehicleid",),
+    "modality_gap": ("sysu", "regdb"),
 }
 WORLD_SIZES = ("small", "default")
+MAX_MODALITY_GAP = 2.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,10 @@ class WorldSpec:
     domain_gap: float | None = None  # market-b: 0 = the market style ... 1 = the full market-b style
     num_cameras: int | None = None  # veri, vehicleid: cameras in the network
     test_sizes: tuple[int, int, int] | None = None  # vehicleid: vehicles in test_list_800/1600/2400
+    # sysu, regdb: how far the infrared cameras' images are from what a visible camera would see of the same
+    # shot: 0 = the visible image, 1 = the thermal rendering (default), 2 = twice as far (see render.py's
+    # infrared_with_gap)
+    modality_gap: float | None = None
 
     @property
     def nuisances(self) -> Nuisances:
@@ -113,6 +119,11 @@ class WorldSpec:
             raise ValueError(
                 f"domain_gap must be in [0, 1] (0: market style, 1: market-b), got {self.domain_gap}"
             )
+        if self.modality_gap is not None and not 0.0 <= self.modality_gap <= MAX_MODALITY_GAP:
+            raise ValueError(
+                f"modality_gap must be in [0, {MAX_MODALITY_GAP:g}] (0: infrared cameras see the visible "
+                f"image, 1: the thermal rendering), got {self.modality_gap}"
+            )
         if self.num_cameras is not None and not 2 <= self.num_cameras <= 999:
             raise ValueError(f"num_cameras must be in 2..999 (3-digit camera ids), got {self.num_cameras}")
         sizes = self.test_sizes
@@ -129,8 +140,16 @@ _BASE = WorldSpec()
 _DEFAULTS: dict[str, WorldSpec] = {
     "market": _BASE,
     "market-b": replace(_BASE, style="market-b", domain_gap=1.0),
-    "sysu": replace(_BASE, num_train_ids=160, num_val_ids=30, num_test_ids=96, min_images=4, max_images=8),
-    "regdb": replace(_BASE, num_train_ids=100, num_test_ids=100),
+    "sysu": replace(
+        _BASE,
+        num_train_ids=160,
+        num_val_ids=30,
+        num_test_ids=96,
+        min_images=4,
+        max_images=8,
+        modality_gap=1.0,
+    ),
+    "regdb": replace(_BASE, num_train_ids=100, num_test_ids=100, modality_gap=1.0),
     # VeRi-776 has 576 + 200 vehicles seen by 2-18 of 20 cameras; ours keeps the 20 cameras, fewer vehicles.
     "veri": replace(
         _BASE,

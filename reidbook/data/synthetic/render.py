@@ -640,6 +640,31 @@ def render_shot(person: Identity, shot: Shot, camera: Camera, resolution: float 
     return Rendered(image=image, parts=_to_crop_coords(parts, window), shot=shot)
 
 
+def infrared_with_gap(person: Identity, shot: Shot, camera: Camera, modality_gap: float = 1.0) -> Rendered:
+    """What an infrared ``camera`` records of ``shot`` when the modality gap has strength ``modality_gap``.
+
+    With V the image a visible camera at the same place would record (same shot, scene, light and
+    colour cast) and T the thermal rendering (grey, :func:`thermal` colours), the image is
+    ``(1 - g) V + g T`` for ``g <= 1`` (0: the visible image, 1: T itself, byte for byte) and, beyond 1,
+    ``T + (g - 1) (T - luma(V))``: a grey image pushed further from the visible one's brightness (a
+    stronger contrast inversion). The body parts are those of T.
+    """
+    if modality_gap < 0:
+        raise ValueError(f"modality_gap must be >= 0, got {modality_gap}")
+    infrared = render_shot(person, shot, camera)
+    if modality_gap == 1.0 or not camera.infrared:
+        return infrared
+    visible = np.asarray(render_shot(person, shot, replace(camera, infrared=False)).image, np.float32)
+    thermal_image = np.asarray(infrared.image, np.float32)  # (H, W, 3), equal channels
+    if modality_gap <= 1.0:
+        mixed = (1.0 - modality_gap) * visible + modality_gap * thermal_image
+    else:
+        luma = visible @ np.array([0.299, 0.587, 0.114], np.float32)  # (H, W)
+        mixed = thermal_image + (modality_gap - 1.0) * (thermal_image - luma[..., None])
+    image = Image.fromarray(np.clip(mixed + 0.5, 0, 255).astype(np.uint8))
+    return Rendered(image=image, parts=infrared.parts, shot=shot)
+
+
 def _to_crop_coords(
     parts: dict[str, tuple[float, float]], window: tuple[float, float, float, float]
 ) -> dict[str, tuple[float, float]]:

@@ -31,7 +31,16 @@ from PIL import Image
 from ...progress import tqdm
 from .identities import STYLES, Identity, Style, blend_styles, get_style, sample_identities, sample_identity
 from .presets import WorldSpec
-from .render import Camera, Shot, make_cameras, render_shot, sample_scale, sample_shot, sample_view
+from .render import (
+    Camera,
+    Shot,
+    infrared_with_gap,
+    make_cameras,
+    render_shot,
+    sample_scale,
+    sample_shot,
+    sample_view,
+)
 from .timeline import FPS, frame_times, make_network, session_frame, simulate_groups
 from .vehicle_render import (
     RoadCamera,
@@ -74,8 +83,11 @@ class ImageJob:
     split: str
     pid: int
     world_time: float | None = None
+    modality_gap: float = 1.0  # infrared cameras only (see render.infrared_with_gap)
 
     def render(self) -> Image.Image:
+        if self.camera.infrared and self.modality_gap != 1.0:
+            return infrared_with_gap(self.person, self.shot, self.camera, self.modality_gap).image
         return render_shot(self.person, self.shot, self.camera).image
 
     def row(self) -> list:
@@ -285,6 +297,10 @@ def _visit_shots(rng: np.random.Generator, spec: WorldSpec, cam: Camera, count: 
     return [sample_shot(rng, nuis, cam, cam.style, view, scale) for _ in range(count)]
 
 
+def _gap(spec: WorldSpec) -> float:
+    return 1.0 if spec.modality_gap is None else spec.modality_gap
+
+
 def plan_sysu(spec: WorldSpec, seed: int) -> WorldPlan:
     """Each person meets 1-3 visible cameras (1, 2, 4, 5) and 1-2 infrared ones (3, 6)."""
     style = get_style(spec.style)
@@ -309,7 +325,13 @@ def plan_sysu(spec: WorldSpec, seed: int) -> WorldPlan:
             for k, shot in enumerate(_visit_shots(rng, spec, cam, count), start=1):
                 jobs.append(
                     ImageJob(
-                        f"cam{c}/{person.pid:04d}/{k:04d}.jpg", person, shot, cam, split_of[i], person.pid
+                        f"cam{c}/{person.pid:04d}/{k:04d}.jpg",
+                        person,
+                        shot,
+                        cam,
+                        split_of[i],
+                        person.pid,
+                        modality_gap=_gap(spec),
                     )
                 )
     text_files = {
@@ -354,7 +376,9 @@ def plan_regdb(spec: WorldSpec, seed: int) -> WorldPlan:
                 (thermal_cam, "Thermal", "t", thermal_files),
             ):
                 relpath = f"{folder}/{person.pid}/{person.sex}_{view}_{letter}_{index:05d}_{person.pid}.bmp"
-                jobs.append(ImageJob(relpath, person, shot, cam, folder.lower(), person.pid))
+                jobs.append(
+                    ImageJob(relpath, person, shot, cam, folder.lower(), person.pid, modality_gap=_gap(spec))
+                )
                 files.append(relpath)
             index += 1
     text_files = {}
