@@ -15,20 +15,30 @@ reseeded from ``(seed, epoch)`` and ``sampler.set_epoch(epoch)`` is called on th
 batch sampler, so the data order and the augmentation of an epoch (drawn from torch's global generator when
 ``num_workers=0``, or from worker seeds that the DataLoader derives from it) depend on the seed and the epoch
 only. With ``checkpoint_dir`` set, :func:`fit` writes an atomic checkpoint at the end of every epoch (and,
-optionally, every ``checkpoint_every_steps`` steps) and resumes from the newest loadable one: a resumed run
-ends with the same weights and history as an uninterrupted one.
+optionally, every ``checkpoint_every_steps`` steps), with its SHA-256 recorded in the folder's manifest, and
+resumes from the newest one that matches its checksum and loads (a truncated or corrupted one is skipped
+with a warning): a resumed run ends with the same weights and history as an uninterrupted one.
+
+Several processes (``torchrun``; :mod:`reidbook.distributed` says what they compute and where the
+equivalence with one process stops): when ``torch.distributed`` is initialised with more than one process,
+:func:`fit` trains the model with DistributedDataParallel on the single process's global batches, each rank
+loading its share; the criterion, the hooks (``state.outputs``, ``state.batch``, ``state.losses``) and the
+history see the whole global batch; BatchNorm uses the global batch's statistics (``sync_batchnorm``); only
+rank 0 writes checkpoints and every rank resumes from the one rank 0 picks; :func:`extract_features` splits
+the images between the ranks and gathers their features in order.
 """
 
 from __future__ import annotations
 
 import bisect
+import io
 import itertools
 import math
 import random
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +49,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .atomic import atomic_torch_save, atomic_write_text
+from . import distributed
+from .atomic import CorruptFileError, Manifest, atomic_write_text, checked_torch_save, read_verified
 from .progress import tqdm
 
 Batch = dict[str, Any]
@@ -92,6 +103,47 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+class _DataRandomness:
+    """Under several processes: the CPU generators (python, numpy, torch) that this rank's data loading
+    draws from, kept apart from the model's (which stay alike in every rank). Seeded per epoch from
+    ``(seed, epoch, rank)``; a mid-epoch resume replays the epoch's batches, which replays this stream."""
+
+    def __init__(self, seed: int, rank: int) -> None:
+        self.seed, self.rank = seed, rank
+        self.state: tuple[Any, Any, torch.Tensor] | None = None
+
+    def start_epoch(self, epoch: int) -> None:
+        saved = self._get()
+        seed = distributed.rank_epoch_seed(self.seed, epoch, self.rank)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only: CUDA's belongs to the model
+        self.state = self._get()
+        self._set(saved)
+
+    @staticmethod
+    def _get() -> tuple[Any, Any, torch.Tensor]:
+        return random.getstate(), np.random.get_state(), torch.get_rng_state()
+
+    @staticmethod
+    def _set(state: tuple[Any, Any, torch.Tensor]) -> None:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+
+    def draw(self, make: Callable[[], Any]) -> Any:
+        """``make()`` (create a loader's iterator, fetch a batch) with the data stream's generators."""
+        if self.state is None:
+            raise RuntimeError("start_epoch must be called before drawing data")
+        saved = self._get()
+        self._set(self.state)
+        try:
+            return make()
+        finally:
+            self.state = self._get()
+            self._set(saved)
 
 
 def _set_sampler_epoch(loader: Any, epoch: int) -> None:
@@ -315,8 +367,11 @@ def _call_hooks(hooks: Sequence[Any], event: str, state: TrainState) -> None:
 
 # ------------------------------------------------------------------------------------------ checkpoints
 class CheckpointDir:
-    """Numbered checkpoints ``checkpoint-<global step>.pt`` in one folder, written atomically; the ``keep``
-    newest are kept. Temporary files (``.*.tmp``) are never read. ``COMPLETE`` marks a finished run."""
+    """Numbered checkpoints ``checkpoint-<global step>.pt`` in one folder, written atomically, each one's
+    SHA-256 recorded in the folder's ``MANIFEST.json`` after it; the ``keep`` newest are kept (older ones are
+    deleted only once the new one is recorded). Temporary files (``.*.tmp``) are never read; a checkpoint
+    that does not match its record (truncated, corrupted, or never recorded) is never loaded. ``COMPLETE``
+    marks a finished run."""
 
     _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 
@@ -332,22 +387,41 @@ class CheckpointDir:
         return [p for _, p in sorted(found, reverse=True)]
 
     def save(self, payload: Mapping[str, Any]) -> Path:
-        path = atomic_torch_save(
-            dict(payload), self.directory / f"checkpoint-{payload['global_step']:09d}.pt"
-        )
-        for old in self.paths()[self.keep :]:
-            old.unlink(missing_ok=True)
+        name = f"checkpoint-{payload['global_step']:09d}.pt"
+        path = checked_torch_save(dict(payload), self.directory / name)
+        old = self.paths()[self.keep :]
+        for stale in old:
+            stale.unlink(missing_ok=True)
+        Manifest(self.directory).forget(*(stale.name for stale in old))
         return path
 
-    def load_latest(self) -> dict[str, Any] | None:
-        """The newest checkpoint that loads; unreadable files are skipped with a warning."""
+    @staticmethod
+    def load(path: Path) -> dict[str, Any]:
+        """One checkpoint, verified against its recorded checksum.
+
+        Raises:
+            CorruptFileError: when it does not match its record.
+        """
+        # Our own files: they hold RNG states and history, which need full unpickling.
+        return torch.load(io.BytesIO(read_verified(path)), map_location="cpu", weights_only=False)
+
+    def latest(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that matches its checksum and loads, with its path; the others are skipped
+        with a warning that says why."""
         for path in self.paths():
             try:
-                # Our own files: they hold RNG states and history, which need full unpickling.
-                return torch.load(path, map_location="cpu", weights_only=False)
-            except Exception as error:  # noqa: BLE001 - any unreadable file is skipped the same way
+                return path, self.load(path)
+            except CorruptFileError as error:
+                warnings.warn(f"skipping checkpoint {path}: {error.reason}; resuming from an older one, "
+                              "if any", stacklevel=2)
+            except Exception as error:  # noqa: BLE001 - any unloadable file is skipped the same way
                 warnings.warn(f"skipping unreadable checkpoint {path}: {error}", stacklevel=2)
         return None
+
+    def load_latest(self) -> dict[str, Any] | None:
+        """The newest checkpoint that matches its checksum and loads (see :meth:`latest`), or ``None``."""
+        found = self.latest()
+        return None if found is None else found[1]
 
     @property
     def complete(self) -> bool:
@@ -375,6 +449,30 @@ class _LoopConfig:
     amp_dtype: torch.dtype | None
     channels_last: bool
     progress: bool
+    sync_batchnorm: bool
+
+
+class _Processes:
+    """What one rank of a multi-process run keeps: its rank and the world size, its shares of train loaders
+    (by the loader they shard), its data stream, and the DDP module of the model and criterion."""
+
+    def __init__(self, seed: int) -> None:
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.data = _DataRandomness(seed, self.rank)
+        self.shards: dict[int, tuple[Any, Any]] = {}
+        self.step: nn.Module | None = None
+
+    def loader(self, loader: Any) -> Any:
+        """This rank's share of ``loader`` (made once per loader object)."""
+        if id(loader) not in self.shards:
+            self.shards[id(loader)] = (loader, distributed.shard_loader(loader, self.rank, self.world_size))
+        return self.shards[id(loader)][1]
+
+    def wrap(self, model: nn.Module, criterion: Criterion, feed: Feed, device: torch.device) -> None:
+        step = distributed.TrainStep(model, criterion, feed).to(device)
+        ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else None
+        self.step = nn.parallel.DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True)
 
 
 class _TrainingLoop:
@@ -393,6 +491,8 @@ class _TrainingLoop:
         self.state, self.criterion, self.feed, self.hooks = state, criterion, feed, list(hooks)
         self.evaluator, self.checkpoints, self.config = evaluator, checkpoints, config
         self.resume_rng: dict[str, Any] | None = None
+        self.processes = _Processes(config.seed) if distributed.is_distributed() else None
+        self.main = distributed.is_main_process()
 
     # -- checkpoints
     def payload(self) -> dict[str, Any]:
@@ -410,7 +510,24 @@ class _TrainingLoop:
             "history": s.history.state_dict(),
             "rng": _rng_state(),
             "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in self.hooks],
+            "world_size": distributed.world_size(),
         }
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoints is not None and self.main:
+            self.checkpoints.save(self.payload())
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The newest good checkpoint; under several processes, the one rank 0 picks, read by every rank."""
+        if self.checkpoints is None:
+            return None
+        if self.processes is None:
+            return self.checkpoints.load_latest()
+        found = self.checkpoints.latest() if self.main else None
+        path = distributed.broadcast_object(None if found is None else str(found[0]))
+        if path is None:
+            return None
+        return found[1] if found is not None else self.checkpoints.load(Path(path))
 
     def restore(self, checkpoint: Mapping[str, Any]) -> None:
         s = self.state
@@ -433,29 +550,45 @@ class _TrainingLoop:
             if hook_state is not None:
                 hook.load_state_dict(hook_state)
         self.resume_rng = checkpoint["rng"] if checkpoint["step"] > 0 else None
+        saved_size = checkpoint.get("world_size", 1)
+        if checkpoint["step"] > 0 and saved_size != distributed.world_size() and self.main:
+            warnings.warn(
+                f"resuming mid-epoch with {distributed.world_size()} processes a run checkpointed with "
+                f"{saved_size}: the rest of epoch {s.epoch + 1} draws other augmentations than the "
+                "uninterrupted run would (same batches)", stacklevel=2,
+            )
 
     # -- the loop
     def run(self) -> History:
         s, cfg = self.state, self.config
-        if self.checkpoints is not None and (checkpoint := self.checkpoints.load_latest()) is not None:
+        if (checkpoint := self.load_checkpoint()) is not None:
             self.restore(checkpoint)
-            if s.epoch < cfg.epochs:
+            if s.epoch < cfg.epochs and self.main:
                 print(
                     f"Resuming from the checkpoint in {self.checkpoints.directory}: "
                     f"epoch {s.epoch + 1}/{cfg.epochs}, step {s.step} (global step {s.global_step})",
                     flush=True,
                 )
-        if self.checkpoints is not None and s.epoch < cfg.epochs:
+        if self.checkpoints is not None and s.epoch < cfg.epochs and self.main:
             self.checkpoints.mark_incomplete()
+        revert = None
+        if self.processes is not None and s.epoch < cfg.epochs:
+            if cfg.sync_batchnorm:
+                revert = distributed.convert_batchnorm(s.model, s.device)
+            self.processes.wrap(s.model, self.criterion, self.feed, s.device)
         total = cfg.epochs * cfg.steps_per_epoch if cfg.steps_per_epoch is not None else None
-        with tqdm(
-            total=total, initial=s.global_step, disable=not cfg.progress, desc="train", dynamic_ncols=True
-        ) as bar:
-            if s.epoch < cfg.epochs:
-                _call_hooks(self.hooks, "on_train_start", s)
-            while s.epoch < cfg.epochs:
-                self.run_epoch(bar)
-        if self.checkpoints is not None:
+        hidden = not (cfg.progress and self.main)
+        try:
+            with tqdm(total=total, initial=s.global_step, disable=hidden, desc="train",
+                      dynamic_ncols=True) as bar:
+                if s.epoch < cfg.epochs:
+                    _call_hooks(self.hooks, "on_train_start", s)
+                while s.epoch < cfg.epochs:
+                    self.run_epoch(bar)
+        finally:
+            if revert is not None:
+                revert()
+        if self.checkpoints is not None and self.main:
             self.checkpoints.mark_complete()
         return s.history
 
@@ -467,27 +600,41 @@ class _TrainingLoop:
             _call_hooks(self.hooks, "on_epoch_start", s)
         _set_sampler_epoch(s.train_loader, s.epoch)
         s.model.train()
-        batches = iter(s.train_loader)
+        if self.processes is None:
+            draw: Callable[[Callable[[], Any]], Any] = _call
+            loader = s.train_loader
+        else:  # this rank's share of the global batches, loaded with this rank's data stream
+            self.processes.data.start_epoch(s.epoch)
+            draw, loader = self.processes.data.draw, self.processes.loader(s.train_loader)
+        batches = draw(lambda: iter(loader))
         if resume_step > 0:  # mid-epoch resume: replay the data order, then restore the saved generators
-            for _ in itertools.islice(batches, resume_step):
-                pass
+            draw(lambda: _skip(batches, resume_step))
             _set_rng_state(self.resume_rng)
         remaining = None if cfg.max_steps_per_epoch is None else max(cfg.max_steps_per_epoch - resume_step, 0)
         tick = time.perf_counter()
-        for batch in itertools.islice(batches, remaining):
+        for _ in itertools.repeat(None) if remaining is None else range(remaining):
+            batch = draw(lambda: next(batches, None))
+            if batch is None:
+                break
             self.train_step(batch, tick)
             bar.update(1)
             bar.set_postfix(self.postfix(), refresh=False)
-            if (
-                self.checkpoints is not None
-                and cfg.checkpoint_every_steps
-                and s.global_step % cfg.checkpoint_every_steps == 0
-            ):
-                self.checkpoints.save(self.payload())
+            if cfg.checkpoint_every_steps and s.global_step % cfg.checkpoint_every_steps == 0:
+                self.save_checkpoint()
             tick = time.perf_counter()
         if s.step == 0:
             raise ValueError(f"the train loader yielded no batch in epoch {s.epoch}")
         self.end_epoch(bar)
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        """The outputs and loss terms of the current batch (of the global batch under several processes,
+        whose ``state.batch`` then becomes the global batch's labels)."""
+        s = self.state
+        if self.processes is None:
+            s.outputs = self.feed(s.model, s.batch)
+            return dict(self.criterion(s.outputs, s.batch))
+        s.outputs, s.batch, terms = self.processes.step(s.batch)
+        return terms
 
     def train_step(self, batch: Any, tick: float) -> None:
         s, cfg = self.state, self.config
@@ -496,8 +643,7 @@ class _TrainingLoop:
         lrs = _lr_columns(s.optimizer)
         autocast = torch.autocast(s.device.type, dtype=cfg.amp_dtype) if cfg.amp_dtype else nullcontext()
         with autocast:
-            s.outputs = self.feed(s.model, s.batch)
-            terms = dict(self.criterion(s.outputs, s.batch))
+            terms = self.forward()
         values = self.check_terms(terms)
         weights = {name: float(s.loss_weights.get(name, 1.0)) for name in terms}
         total = sum(weights[name] * term.float() for name, term in terms.items())
@@ -564,6 +710,8 @@ class _TrainingLoop:
             **{c: last[c] for c in rows.columns if c == "lr" or c.startswith("lr_")},
             "time": rows["time"].sum(),
         }
+        if self.processes is not None:  # identical running statistics in every rank (without SyncBN too)
+            distributed.broadcast_buffers(s.model)
         if (
             self.evaluator is not None
             and cfg.eval_every > 0
@@ -576,8 +724,7 @@ class _TrainingLoop:
         _call_hooks(self.hooks, "on_epoch_end", s)
         s.epoch += 1
         s.step = 0
-        if self.checkpoints is not None:
-            self.checkpoints.save(self.payload())
+        self.save_checkpoint()
 
     def evaluate(self, bar: Any) -> dict[str, Any]:
         s = self.state
@@ -587,10 +734,11 @@ class _TrainingLoop:
         s.model.train()
         s.metrics = metrics
         scalars = {k: float(v) for k, v in metrics.items() if _is_scalar(v)}
-        bar.write(
-            f"epoch {s.epoch + 1}/{self.config.epochs}: "
-            + ", ".join(f"{k}={v:.4g}" for k, v in scalars.items())
-        )
+        if self.main:
+            bar.write(
+                f"epoch {s.epoch + 1}/{self.config.epochs}: "
+                + ", ".join(f"{k}={v:.4g}" for k, v in scalars.items())
+            )
         return {"eval_time": time.perf_counter() - start, **scalars}
 
     def postfix(self) -> dict[str, str]:
@@ -600,6 +748,15 @@ class _TrainingLoop:
             **{name: f"{value:.3f}" for name, value in s.losses.items()},
             "lr": f"{s.optimizer.param_groups[0]['lr']:.2e}",
         }
+
+
+def _call(make: Callable[[], Any]) -> Any:
+    return make()
+
+
+def _skip(iterator: Iterator[Any], count: int) -> None:
+    for _ in itertools.islice(iterator, count):
+        pass
 
 
 def _is_scalar(value: Any) -> bool:
@@ -648,6 +805,7 @@ def fit(
     channels_last: bool | str = "auto",
     seed: int = 0,
     progress: bool = True,
+    sync_batchnorm: bool = True,
 ) -> History:
     """Train ``model`` in place and return its :class:`History`.
 
@@ -675,6 +833,9 @@ def fit(
         device, amp, channels_last: ``"auto"`` = CUDA if present (then AMP float16 with loss scaling and
             channels_last on), else MPS, else CPU (AMP off; ``amp=True`` off CUDA means bfloat16 autocast).
         seed: seeds the run; each epoch reseeds all generators from ``(seed, epoch)``.
+        sync_batchnorm: under several processes, BatchNorm layers normalise with the statistics of the whole
+            global batch (their original layers are put back when ``fit`` returns); ``False`` leaves each
+            process with its own share's statistics. Ignored in one process.
 
     Raises:
         NonFiniteLossError: when a loss term is NaN or infinite.
@@ -737,6 +898,7 @@ def fit(
         amp_dtype=amp_dtype,
         channels_last=use_channels_last,
         progress=progress,
+        sync_batchnorm=sync_batchnorm,
     )
     checkpoints = CheckpointDir(checkpoint_dir) if checkpoint_dir is not None else None
     loop = _TrainingLoop(state, criterion, feed, hooks, evaluator, checkpoints, config)
@@ -772,11 +934,30 @@ def extract_features(
     flip: bool = False,
     progress: bool = True,
     channels_last: bool | str = "auto",
+    shard: bool | None = None,
 ) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """Run ``feed(model, batch)`` in eval mode over ``loader``: ``(features, pids (N,), camids (N,))``,
     where features are the model's eval outputs concatenated in loader order, float32 on the CPU (one
     tensor (N, ...) or a dict of them). ``flip=True`` averages every output with the output for the
-    mirrored images. The model's train/eval mode is restored afterwards."""
+    mirrored images. The model's train/eval mode is restored afterwards.
+
+    ``shard`` (default: under several processes) splits the images between the processes, every W-th to
+    each, and gathers the features back in loader order, so every process returns what one process would;
+    a loader that does not read its dataset in order (or is not a DataLoader) is read whole by every
+    process instead. Every process must call it."""
+    if distributed.is_distributed() if shard is None else shard:
+        share = distributed.shard_eval_loader(loader, distributed.rank(), distributed.world_size())
+        if share is not None:
+            total = len(loader.dataset)  # type: ignore[attr-defined]
+            shown = progress and distributed.is_main_process()
+            parts = _extract(model, share, feed, device, flip, shown, channels_last)
+            features, pids, camids = (distributed.gather_rows(part, total) for part in parts)
+            return features, pids, camids
+    return _extract(model, loader, feed, device, flip, progress, channels_last)
+
+
+def _extract(model: nn.Module, loader: Iterable[Batch], feed: Feed, device: str | torch.device, flip: bool,
+             progress: bool, channels_last: bool | str) -> tuple[Any, torch.Tensor, torch.Tensor]:
     torch_device = resolve_device(device)
     use_channels_last = _resolve_flag(channels_last, torch_device, "channels_last")
     was_training = model.training

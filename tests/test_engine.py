@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -394,7 +396,7 @@ def test_corrupt_and_temporary_checkpoint_files_are_never_loaded(tmp_path):
     fit(make_model(), TinyCriterion(), make_loader(), **{**FIT_ARGS, "epochs": 2}, checkpoint_dir=tmp_path)
     (tmp_path / "checkpoint-999999999.pt").write_bytes(b"half a file")
     (tmp_path / ".checkpoint-999999998.pt.abc.tmp").write_bytes(b"temporary")
-    with pytest.warns(UserWarning, match="skipping unreadable checkpoint"):
+    with pytest.warns(UserWarning, match="skipping checkpoint .*no checksum recorded"):
         checkpoint = CheckpointDir(tmp_path).load_latest()
     assert (checkpoint["epoch"], checkpoint["global_step"]) == (2, 8)
 
@@ -409,7 +411,8 @@ def test_checkpoint_dir_keeps_only_the_newest_files(tmp_path):
         checkpoint_every_steps=1,
     )
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["COMPLETE", "checkpoint-000000015.pt", "checkpoint-000000016.pt"]
+    assert names == ["COMPLETE", "MANIFEST.json", "checkpoint-000000015.pt", "checkpoint-000000016.pt"]
+    assert set(json.loads((tmp_path / "MANIFEST.json").read_text())["files"]) == set(names[2:])
 
 
 def test_finished_run_can_be_extended_by_more_epochs(tmp_path):
