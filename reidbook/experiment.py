@@ -37,7 +37,7 @@ from .methods.recipe import Recipe
 from .methods.registry import get as get_recipe
 from .models.backbones import Backbone, build_backbone
 from .models.baseline import param_groups
-from .profiles import Profile, get_profile
+from .profiles import Profile, available_profiles, get_profile
 from .results import REPO_DIR, ResultsStore, Run, canonical_json, evaluation_key, force_from_env
 
 SYNTHETIC_PREFIX = "synthetic-"
@@ -135,9 +135,14 @@ def pretraining(profile: Profile | str, *, store: ResultsStore | None = None, tr
     data = open_dataset(spec["dataset"], world=spec["world"], world_seed=spec["world_seed"])
     schedule = {k: spec[k] for k in ("epochs", "milestones", "warmup_epochs", "max_steps_per_epoch")
                 if k in spec}
-    pre_profile = profile.replace(init="random", pretrain={}, eval_every=0, **schedule)
-    if not train_missing:
-        return lookup(spec["method"], data, pre_profile, seed=0, store=store)
+    # One pretraining per backbone: the named profile's settings (input size, stem, numerics), whatever a
+    # chapter changes for its fine-tuning (another input size, no stem pooling), so that all start alike.
+    base = get_profile(profile.name) if profile.name in available_profiles() else profile
+    pre_profile = base.replace(backbone=profile.backbone, init="random", pretrain={}, eval_every=0,
+                               **schedule)
+    stored = lookup(spec["method"], data, pre_profile, seed=0, store=store)
+    if (stored.complete and not stored.problems()) or not train_missing:
+        return stored  # found without a word: every run of the book starts from it
     return train(spec["method"], data, pre_profile, seed=0, store=store, progress=progress)
 
 
@@ -391,6 +396,46 @@ def evaluation_frame(runs: Mapping[str, Sequence[Run]], datasets: Mapping[str, R
     return pd.DataFrame(rows)
 
 
+def headline(method: str, profile: Profile | str, data_root: str | Path | None = None, *,
+             store: ResultsStore | None = None) -> pd.DataFrame:
+    """The comparison behind ``method``'s headline claim (its recipe's ``headline``): the method and its
+    reference, each trained on the headline's world with every seed of the profile (found in the store when
+    the method's chapter ran), evaluated on the headline's test world. One row per run: ``role``
+    (``"method"`` or ``"reference"``), ``label``, ``seed``, ``test`` and rank-1, mAP, mINP (and the
+    headline's metric)."""
+    recipe = get_recipe(method)
+    claim = recipe.headline
+    if claim is None:
+        raise ValueError(f"method {method!r} has no headline claim in its recipe")
+    profile = as_profile(profile)
+    data = open_dataset(claim.dataset, data_root, world=profile.world)
+    test = data if claim.test is None else open_dataset(claim.test, data_root, world=profile.world)
+    frames = []
+    for role, name, options in (("method", method, claim.options),
+                                ("reference", claim.reference, claim.reference_options)):
+        runs = [train(name, data, profile, seed=s, store=store, **options) for s in profile.seeds]
+        label = name if not options else f"{name} ({', '.join(f'{k}={v}' for k, v in options.items())})"
+        metrics = tuple(dict.fromkeys(("rank1", "mAP", "mINP", claim.metric)))
+        frame = evaluation_frame({label: runs}, {claim.test or claim.dataset: test}, metrics=metrics)
+        frames.append(frame.assign(role=role))
+    return pd.concat(frames, ignore_index=True)
+
+
+def pair_throughput(run: Run, dataset: ReIDDataset, queries: int = 64, gallery: int = 512) -> float:
+    """Query-gallery pairs per second of the run's measure (embedding distances, or the model's own pair
+    distances) on this machine: the first ``queries`` queries of ``dataset`` against its first ``gallery``
+    gallery images (feature extraction not counted)."""
+    recipe = get_recipe(run.config["method"])
+    evaluator = recipe.evaluator_for(run.config["options"])
+    profile = Profile.from_dict({**run.config["profile"], "init": "random", "pretrain": {}})
+    sample = ReIDDataset(dataset.name, dataset.root, [], dataset.query[:queries], dataset.gallery[:gallery])
+    split = evaluator.split(load_model(run), sample, height=profile.height, width=profile.width,
+                            feed=recipe.feed, num_workers=profile.num_workers)
+    start = time.perf_counter()
+    split.distances(split.query_feats, split.gallery_feats)
+    return len(sample.query) * len(sample.gallery) / (time.perf_counter() - start)
+
+
 def stress_curve(runs: Sequence[Run] | Mapping[str, Sequence[Run]], nuisances: str | Sequence[str],
                  strengths: Sequence[float], *, test_world: Mapping[str, Any],
                  evaluator: Evaluator | None = None,
@@ -417,9 +462,11 @@ def stress_curve(runs: Sequence[Run] | Mapping[str, Sequence[Run]], nuisances: s
                 raise ValueError(f"run {run.name}/{run.key} was trained on {run.config['data']['name']}, "
                                  "not on the built-in world: stress worlds exist only for the built-in world")
             world = {**source["world"], **test_world, **dict.fromkeys(knobs, strength)}
-            name = canonical_json([source["dataset"], source["world_seed"], world])
+            name = canonical_json([source["dataset"], source["world_seed"], world,
+                                   source.get("reader_kwargs", {})])
             if name not in worlds:
-                worlds[name] = open_dataset(source["dataset"], world=world, world_seed=source["world_seed"])
+                worlds[name] = open_dataset(source["dataset"], world=world, world_seed=source["world_seed"],
+                                            **source.get("reader_kwargs", {}))
             result = evaluate(run, worlds[name], evaluator)
             rows.append({"method": label, "seed": run.config["seed"], "strength": strength,
                          **{m: result.metrics[m] for m in metrics}})

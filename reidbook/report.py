@@ -158,3 +158,46 @@ def stress_table(curve: pd.DataFrame, metric: str = "mAP") -> pd.DataFrame:
     table[f"points lost {strengths[0]:g} → {strengths[-1]:g}"] = (
         100 * (means[strengths[0]] - means[strengths[-1]])).round(1)
     return table
+
+
+OUTCOMES = {"better": "reproduced", "tie": "tie", "worse": "not reproduced", "no verdict": "no verdict"}
+
+
+def reproduction_table(headlines: Mapping[str, pd.DataFrame], claims: Mapping[str, str],
+                       metric: str = "mAP") -> pd.DataFrame:
+    """One row per method: the paper's claim, our method and reference (mean ± spread over seeds), the
+    tie-rule verdict and its outcome (reproduced / tie / not reproduced). ``headlines`` holds the frames of
+    :func:`reidbook.experiment.headline` by method, ``claims`` the claims' text."""
+    rows = {}
+    for method, frame in headlines.items():
+        ours, reference = frame[frame["role"] == "method"], frame[frame["role"] == "reference"]
+        result = verdict(reference[metric], ours[metric], reference_name=reference["label"].iloc[0],
+                         method_name=method)
+        rows[method] = {"the paper's claim": claims[method], "tested on": ours["test"].iloc[0],
+                        f"ours: method {metric}": f"{ours['label'].iloc[0]} {mean_spread(ours[metric])}",
+                        f"ours: reference {metric}":
+                            f"{reference['label'].iloc[0]} {mean_spread(reference[metric])}",
+                        "verdict": result.text, "outcome": OUTCOMES[result.kind]}
+    return pd.DataFrame(rows).T.rename_axis("method")
+
+
+def fingerprint(stress: pd.DataFrame, metric: str = "mAP") -> pd.DataFrame:
+    """Methods x nuisances: the points of ``metric`` lost from the weakest to the strongest stress world
+    (mean over seeds), from rows of method, nuisance, strength and metrics."""
+    means = stress.groupby(["method", "nuisance", "strength"], sort=False)[metric].mean().reset_index()
+    keys = ["method", "nuisance"]
+    weakest = means.loc[means.groupby(keys, sort=False)["strength"].idxmin()].set_index(keys)[metric]
+    strongest = means.loc[means.groupby(keys, sort=False)["strength"].idxmax()].set_index(keys)[metric]
+    lost = weakest - strongest
+    return (100 * lost).unstack("nuisance").reindex(index=list(dict.fromkeys(stress["method"])),
+                                                    columns=list(dict.fromkeys(stress["nuisance"])))
+
+
+def cost_table(runs: Mapping[str, Run]) -> pd.DataFrame:
+    """Parameters, training minutes and training images/s of one run per label (``training.json``)."""
+    rows = {}
+    for label, run in runs.items():
+        info = run.read_json("training.json")
+        rows[label] = {"parameters (M)": info["parameters"] / 1e6, "training minutes": info["seconds"] / 60,
+                       "training img/s": info["images_per_second"], "trained on": info["device"]}
+    return pd.DataFrame(rows).T.rename_axis("method")

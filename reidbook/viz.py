@@ -1019,3 +1019,16 @@ def plot_stress(curve: pd.DataFrame, metric: str = "mAP", *, xlabel: str = "nuis
     ax.set(xlabel=xlabel, ylabel=f"{label} (%)", title=title or f"{label} under stress")
     ax.legend(), ax.grid(alpha=0.3)
     return fig
+
+
+def plot_fingerprint(table: pd.DataFrame, *, title: str = "mAP points lost from strength 0 to 3") -> Figure:
+    """A methods x nuisances heatmap with each cell's value written in it (seaborn): red = more lost, blue =
+    gained (a nuisance removed can also make a world harder for a model trained with it)."""
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(1.0 * table.shape[1] + 2.5, 0.5 * table.shape[0] + 1.8),
+                           layout="constrained")
+    sns.heatmap(table.astype(float), annot=True, fmt=".1f", cmap="RdBu_r", center=0.0,
+                cbar_kws={"label": "points lost"}, ax=ax)
+    ax.set(title=title, xlabel="nuisance", ylabel="")
+    return fig

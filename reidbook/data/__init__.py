@@ -2,7 +2,7 @@
 
 from . import readers  # noqa: F401  (registers the readers)
 from .loader import ImageDataset, build_test_loader, build_train_loader
-from .records import INFRARED, VISIBLE, DatasetLayoutError, Record, ReIDDataset, relabel
+from .records import INFRARED, VISIBLE, DatasetLayoutError, Record, ReIDDataset, relabel, with_label_noise
 from .registry import available_datasets, load_dataset, register_dataset
 from .sampler import RandomIdentitySampler
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
@@ -24,4 +24,5 @@ __all__ = [
     "load_dataset",
     "register_dataset",
     "relabel",
+    "with_label_noise",
 ]

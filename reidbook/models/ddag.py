@@ -513,6 +513,12 @@ class DDAGNet(nn.Module):
     def feature_dim(self) -> int:
         return self.two_stream.feature_dim
 
+    @property
+    def backbone(self) -> TwoStreamBackbone:
+        """The two-stream backbone (modality-specific stems, shared ``stages``), under the name other models
+        give their backbone (for figures such as Grad-CAM, which read ``backbone.stages``)."""
+        return self.two_stream
+
     def forward(
         self, img: Tensor, modality: Tensor, pids: Tensor | None = None
     ) -> dict[str, Tensor] | Tensor:
