@@ -218,7 +218,11 @@ def train_command(args: argparse.Namespace) -> int:
     store = ResultsStore(args.results, lock_timeout=args.lock_timeout)
     if args.force:
         os.environ[FORCE_ENV_VAR] = "1"
-    distributed.init_from_env(args.device)
+    try:
+        distributed.init_from_env(args.device)
+    except ValueError as error:
+        print(f"{PROG} train: error: {error}", file=sys.stderr)
+        return 2
     main = distributed.is_main_process()
     try:
         with contextlib.ExitStack() as stack:

@@ -92,8 +92,8 @@ def init_from_env(device: str = "auto", timeout_s: float = 1800) -> bool:
     variables, or with ``WORLD_SIZE=1``, nothing happens.
 
     Raises:
-        ValueError: when ``WORLD_SIZE`` or ``LOCAL_RANK`` is not an integer, or there are fewer GPUs than
-            processes on this machine.
+        ValueError: when ``WORLD_SIZE`` or ``LOCAL_RANK`` is not an integer, ``device`` names one GPU
+            (``"cuda:1"``: each process takes its own), or this machine has fewer GPUs than processes.
     """
     try:
         size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -104,6 +104,9 @@ def init_from_env(device: str = "auto", timeout_s: float = 1800) -> bool:
     if size <= 1 or is_distributed():
         return is_distributed()
     on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if device.startswith("cuda:"):
+        raise ValueError(f"device {device!r} names one GPU, but each of the {size} processes trains on the "
+                         "GPU of its LOCAL_RANK: pass 'cuda' or 'auto' (CUDA_VISIBLE_DEVICES picks the GPUs)")
     if on_cuda:
         if local_rank >= torch.cuda.device_count():
             raise ValueError(f"process {local_rank} of this machine has no GPU: {torch.cuda.device_count()} "

@@ -826,8 +826,10 @@ def fit(
         eval_every, evaluator: call ``evaluator(model)`` (model in eval mode) every ``eval_every`` epochs and
             after the last one; scalar metrics join ``History.epochs``.
         checkpoint_dir: write checkpoints there each epoch (and every ``checkpoint_every_steps`` steps) and
-            resume from the newest loadable one; a run that already finished returns at once with the final
-            weights loaded. A mid-epoch resume replays the epoch's data order up to the saved step.
+            resume from the newest one that matches its recorded checksum and loads (others are skipped with
+            a warning); a run that already finished returns at once with the final weights loaded. A
+            mid-epoch resume replays the epoch's data order up to the saved step. Under several processes
+            rank 0 writes and picks the checkpoint every rank resumes from.
         max_steps_per_epoch: cap the steps of each epoch (``None``: the whole loader).
         feed: ``feed(model, batch) -> outputs``; default :func:`feed_images`, ``model(batch["img"])``.
         device, amp, channels_last: ``"auto"`` = CUDA if present (then AMP float16 with loss scaling and

@@ -219,8 +219,9 @@ class Run:
             recorded = set(manifest.entries())
         except CorruptFileError as error:
             return [f"{MANIFEST_NAME}: {error.reason}"]
-        present = {p.name for p in self.dir.iterdir() if p.is_file() and not _unrecorded(p.name)} \
-            if self.dir.is_dir() else set()
+        present = set()
+        if self.dir.is_dir():
+            present = {p.name for p in self.dir.iterdir() if p.is_file() and not _unrecorded(p.name)}
         found = []
         for name in sorted(recorded | present):
             reason = manifest.problem(name, quick=quick)

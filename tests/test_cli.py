@@ -65,6 +65,13 @@ def test_bad_arguments_get_a_message_naming_the_valid_choices(capsys, argv, mess
     assert code == 2 and message in err
 
 
+def test_under_torchrun_one_named_gpu_for_every_process_is_refused(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = run_cli(capsys, "train", "--method", "baseline", "--dataset", "synthetic-market",
+                           "--profile", "smoke", "--device", "cuda:1")
+    assert code == 2 and "device 'cuda:1' names one GPU, but each of the 2 processes" in err
+
+
 def test_set_reaches_profile_fields_world_knobs_and_method_options():
     qaconv = methods.get("qaconv")
     overrides, options = cli.parse_settings(
