@@ -181,7 +181,7 @@ def _backbone(recipe: Recipe, profile: Profile, start: Run | None) -> Backbone:
     settings = {"last_stride": profile.last_stride, "stem_pool": profile.stem_pool, **recipe.backbone}
     backbone = build_backbone(profile.backbone, pretrained=profile.init == "imagenet", **settings)
     if start is not None:
-        weights = torch.load(start.dir / "model.pt", map_location="cpu", weights_only=True)
+        weights = start.load_weights()
         prefix = "backbone."
         backbone.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
     return backbone

@@ -147,6 +147,23 @@ def _check_field_names(names: Mapping[str, Any]) -> None:
         raise ValueError(f"unknown profile field(s) {unknown}; valid fields are: {', '.join(valid)}")
 
 
+# The book's hour on 2 cores (seconds per chapter; `make book` prints each chapter's time against them).
+# Measured speed on an idle machine of this kind: the baseline trains at about 110 img/s (ResNet-18, last
+# stride 1, 64x32, batches of 64, channels_last), so a fine-tuning run (2 x 35 steps) takes about 40 s and
+# its flip-averaged evaluation on the default world about 20 s; the pretraining (6 epochs of the 300-identity
+# pretraining world) about 5 minutes, once. Chapter 1 pays it; every other chapter plans on about one minute
+# per run, which leaves room for two seeds of its method and one to four single-seed rows.
+CPU_BUDGETS = {
+    "00_world_and_protocol": 90,
+    "01_baseline": 600,
+    "02_ianet": 420,
+    "03_pyramid": 540,
+    "04_ipad": 540,
+    "05_ddag": 420,
+    "06_qaconv_tlift": 480,
+    "07_comparison": 360,
+}
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
@@ -172,12 +189,12 @@ PROFILES: dict[str, Profile] = {
         init="world",
         height=64,
         width=32,
-        epochs=3,
+        epochs=2,
         max_steps_per_epoch=35,
         batch_p=16,
         batch_k=4,
-        warmup_epochs=1,
-        milestones=(2,),
+        warmup_epochs=0,
+        milestones=(),
         eval_every=0,
         world={},
         seeds=(0, 1),
@@ -187,11 +204,12 @@ PROFILES: dict[str, Profile] = {
             "dataset": "synthetic-market",
             "world_seed": 1,
             "world": {"num_train_ids": 300, "num_test_ids": 40, "num_distractors": 20, "num_junk": 0},
-            "epochs": 3,
+            "epochs": 6,
             "max_steps_per_epoch": None,
-            "milestones": [2],
+            "milestones": [5],
             "warmup_epochs": 1,
         },
+        budgets=CPU_BUDGETS,
     ),
     "paper": Profile(
         name="paper",

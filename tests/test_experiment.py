@@ -39,7 +39,7 @@ WORLD = {"world_size": "small", "num_train_ids": 6, "num_test_ids": 6, "num_dist
 TEST_WORLD = {"num_train_ids": 2, "num_test_ids": 4, "num_distractors": 2, "num_junk": 0}
 #: A "world" start whose pretraining run is the baseline run of PROFILE on the tiny world itself.
 PRETRAIN = {"method": "baseline", "dataset": "synthetic-market", "world_seed": 0, "world": WORLD, "epochs": 1,
-            "milestones": []}
+            "milestones": [], "max_steps_per_epoch": 2}
 
 
 class StopTraining(Exception):

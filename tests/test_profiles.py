@@ -31,14 +31,17 @@ def test_paper_profile_has_the_strong_baseline_settings():
 def test_smoke_is_smaller_than_cpu_which_is_smaller_than_paper():
     smoke, cpu, paper = get_profile("smoke"), get_profile("cpu"), get_profile("paper")
     assert smoke.height * smoke.width <= cpu.height * cpu.width < paper.height * paper.width
-    assert smoke.epochs < cpu.epochs < paper.epochs
+    def steps(p):  # training steps of a run, an uncapped epoch counted as infinitely many
+        return p.epochs * (p.max_steps_per_epoch or float("inf"))
+
+    assert steps(smoke) < steps(cpu) < steps(paper)
     assert smoke.max_steps_per_epoch is not None
 
 
 def test_overrides_change_only_the_named_fields():
-    p = get_profile("cpu", epochs=2, lr=1e-3)
+    p = get_profile("cpu", epochs=5, lr=1e-3)
     base = get_profile("cpu")
-    assert (p.epochs, p.lr) == (2, 1e-3)
+    assert (p.epochs, p.lr) == (5, 1e-3)
     changed = {f.name for f in dataclasses.fields(Profile) if getattr(p, f.name) != getattr(base, f.name)}
     assert changed == {"epochs", "lr"}
 

@@ -58,6 +58,11 @@ def table3_rows() -> list[Row]:
             Row("attention version", "ipad", {"variant": "attention"}, T["III"]["attention version"])]
 
 
+def budget_rows(rows: list[Row]) -> list[Row]:
+    """The rows a 2-core CPU affords: Table III's four (the attention version is the ``paper`` profile's)."""
+    return [row for row in rows if row.options.get("variant") != "attention"]
+
+
 def headline_rows(rows: list[Row]) -> list[Row]:
     """The rows whose runs the headline comparison trains anyway (the baseline and the full IPAD)."""
     return [row for row in rows if row in (BASELINE, FULL)]
