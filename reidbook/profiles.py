@@ -178,6 +178,7 @@ PROFILES: dict[str, Profile] = {
         max_steps_per_epoch=4,
         world={"world_size": "small"},
         stress_world={"num_train_ids": 2, "num_test_ids": 12, "num_distractors": 10, "num_junk": 0},
+        budgets={chapter: 90 for chapter in CPU_BUDGETS},  # every chapter within 90 s
         seeds=(0,),
     ),
     # The published book on 2 cores (see benchmarks/bench_training.py and bench_fair_start.py for the
