@@ -274,8 +274,8 @@ def test_tlift_lifts_one_minus_the_distances_and_shuffled_times_are_a_seeded_per
     split = evaluator.split(Halves(scale=4.0), world, **SIZE)
     d = split.role_distances("query", "gallery").double()
     if isinstance(measure, Embedding):
-        assert d.max() > 1  # squared Euclidean distances beyond 1: divided by their maximum first
-        d = d / d.max()
+        assert d.max() > 1  # squared Euclidean distances beyond 1: min-max scaled onto [0, 1] first
+        d = (d - d.min()) / (d.max() - d.min())
     else:
         assert 0 <= d.min() and d.max() < 1  # pair distances in [0, 1]: lifted as they are
     (q_times, q_cams), (g_times, g_cams) = times_and_cams(world.query), times_and_cams(world.gallery)

@@ -113,7 +113,8 @@ def test_budget_and_smoke_rows():
               if r.options is not None}
     codes = {o.get("levels", "111111") for o in budget.values()}
     assert codes == {"000001", "100000", "110000", "111111"}
-    assert {"weighting": "fixed"} in budget.values() and {"sampling": "balanced"} in budget.values()
+    assert {"weighting": "fixed"} in budget.values()
+    assert {"sampling": "balanced"} not in budget.values()  # the sampler switch row is the paper profile's
     assert tables.rows_for("cpu") == tables.budget_rows() and tables.rows_for("paper") == tables.paper_rows()
     smoke = [r.options for group in tables.rows_for("smoke").values() for r in group]
     assert sorted(map(str, smoke)) == sorted(map(str, [{}, {}, {"levels": "100000"}, None]))
