@@ -916,8 +916,8 @@ def _mean_of(a: Any, b: Any) -> Any:
 
 def _to_cpu_float(outputs: Any) -> Any:
     if isinstance(outputs, Mapping):
-        return {name: value.float().cpu() for name, value in outputs.items()}
-    return outputs.float().cpu()
+        return {name: value.float().cpu().contiguous() for name, value in outputs.items()}
+    return outputs.float().cpu().contiguous()
 
 
 def _concatenate(chunks: list[Any]) -> Any:
@@ -964,6 +964,8 @@ def _extract(model: nn.Module, loader: Iterable[Batch], feed: Feed, device: str 
     use_channels_last = _resolve_flag(channels_last, torch_device, "channels_last")
     was_training = model.training
     model.to(torch_device).eval()
+    if use_channels_last:  # the weights too, or every convolution converts its input back
+        model.to(memory_format=torch.channels_last)
     features, pids, camids = [], [], []
     try:
         for batch in tqdm(loader, desc="features", disable=not progress, leave=False, dynamic_ncols=True):

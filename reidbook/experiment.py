@@ -268,7 +268,8 @@ def train(method: str, dataset: ReIDDataset, profile: Profile | str, seed: int |
 
     def judge(model: nn.Module) -> dict[str, Any]:
         return evaluator.evaluate(model, dataset, height=profile.height, width=profile.width,
-                                  feed=recipe.feed, device=device, num_workers=profile.num_workers).metrics
+                                  feed=recipe.feed, device=device, num_workers=profile.num_workers,
+                                  channels_last=profile.channels_last).metrics
 
     def train_fn(run: Run) -> dict[str, Any]:
         num_classes = dataset.num_train_pids
@@ -304,7 +305,8 @@ def train(method: str, dataset: ReIDDataset, profile: Profile | str, seed: int |
                 "world_size": world_size(), "sync_batchnorm": sync_batchnorm and world_size() > 1,
             })
         result = evaluator.evaluate(model.eval(), dataset, height=profile.height, width=profile.width,
-                                    feed=recipe.feed, device=device, num_workers=profile.num_workers)
+                                    feed=recipe.feed, device=device, num_workers=profile.num_workers,
+                                    channels_last=profile.channels_last)
         if writer:
             _store_evaluation(run, dataset, result, keep_distances=False)
         _remember(_MODELS, run.dir.as_posix(), model.cpu())
@@ -360,7 +362,7 @@ def _split(run: Run, dataset: ReIDDataset, evaluator: Evaluator, progress: bool 
     profile = Profile.from_dict({**run.config["profile"], "init": "random", "pretrain": {}})
     return _remember(_SPLITS, key, evaluator.split(
         load_model(run), dataset, height=profile.height, width=profile.width, feed=recipe.feed, device="auto",
-        num_workers=profile.num_workers, progress=progress))
+        num_workers=profile.num_workers, progress=progress, channels_last=profile.channels_last))
 
 
 def hook_states(run: Run) -> list[Any]:
@@ -430,7 +432,8 @@ def pair_throughput(run: Run, dataset: ReIDDataset, queries: int = 64, gallery: 
     profile = Profile.from_dict({**run.config["profile"], "init": "random", "pretrain": {}})
     sample = ReIDDataset(dataset.name, dataset.root, [], dataset.query[:queries], dataset.gallery[:gallery])
     split = evaluator.split(load_model(run), sample, height=profile.height, width=profile.width,
-                            feed=recipe.feed, num_workers=profile.num_workers)
+                            feed=recipe.feed, num_workers=profile.num_workers,
+                            channels_last=profile.channels_last)
     start = time.perf_counter()
     split.distances(split.query_feats, split.gallery_feats)
     return len(sample.query) * len(sample.gallery) / (time.perf_counter() - start)

@@ -18,7 +18,7 @@ from reidbook.data import INFRARED, VISIBLE, Record, ReIDDataset
 from reidbook.data.records import with_label_noise
 from reidbook.data.sampler import CrossModalityIdentitySampler
 from reidbook.data.synthetic import make_cameras, render_shot, sample_identities, world_path
-from reidbook.data.synthetic.presets import resolve_spec
+from reidbook.data.synthetic.presets import GENERATOR_VERSION, resolve_spec
 from reidbook.data.synthetic.render import Nuisances, infrared_with_gap, sample_shot
 from reidbook.data.synthetic.writers import PLANNERS
 from reidbook.engine import CheckpointDir, History
@@ -337,7 +337,8 @@ def test_label_noise_is_not_applied_twice():
 # ------------------------------------------------------------------------------------ the modality gap
 def test_modality_gap_is_a_cross_modality_knob():
     assert world_path("data", "sysu", 0, modality_gap=1.0) == world_path("data", "sysu", 0)
-    assert world_path("data", "regdb", 0, modality_gap=0.5).name.startswith("regdb-s0-v1-k")
+    changed = world_path("data", "regdb", 0, modality_gap=0.5)
+    assert changed.name.startswith(f"regdb-s0-v{GENERATOR_VERSION}-k")
     with pytest.raises(ValueError, match="modality_gap.*does not apply to preset 'market'"):
         world_path("data", "market", 0, modality_gap=0.5)
     with pytest.raises(ValueError, match="modality_gap must be in"):

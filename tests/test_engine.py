@@ -477,6 +477,10 @@ def test_extract_features_concatenates_eval_outputs_and_averages_flips():
     assert pids.tolist() == [0, 1, 2, 3, 4] and camids.tolist() == [0, 0, 1, 1, 1]
     flipped, _, _ = extract_features(model, loader, device="cpu", flip=True, progress=False)
     torch.testing.assert_close(flipped, (plain + mirrored) / 2)
+    in_channels_last, _, _ = extract_features(model, loader, device="cpu", flip=True, progress=False,
+                                               channels_last=True)
+    assert in_channels_last.is_contiguous()  # the features come back in the default layout
+    torch.testing.assert_close(in_channels_last, flipped, atol=1e-5, rtol=1e-5)
 
 
 class TwoInputs(nn.Module):

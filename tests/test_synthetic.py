@@ -34,6 +34,7 @@ from reidbook.data.synthetic import (
     write_manifest,
 )
 from reidbook.data.synthetic.domain_gap import two_sample_statistics
+from reidbook.data.synthetic.presets import DEFAULT_DOMAIN_GAP, GENERATOR_VERSION
 from reidbook.data.synthetic.render import NEUTRAL_BG, OUT_W
 from reidbook.evaluation import evaluate_rank
 from reidbook.models.color_histogram import ColorHistogramMatcher, histogram_distance, stripe_histograms
@@ -111,8 +112,8 @@ def test_same_seed_same_bytes_whatever_the_workers(small_market, tmp_path):
 def test_world_is_cached_and_knobs_change_the_folder(small_market, worlds):
     assert generate_world(worlds, "market", seed=0, world_size="small", progress=False) == small_market
     assert not list(small_market.parent.glob(".tmp-*")), "a temporary folder was left behind"
-    assert small_market.name == "market-s0-v1-k" + small_market.name.split("-k")[1]
-    assert world_path(worlds, "market", 0).name == "market-s0-v1"
+    assert small_market.name == f"market-s0-v{GENERATOR_VERSION}-k" + small_market.name.split("-k")[1]
+    assert world_path(worlds, "market", 0).name == f"market-s0-v{GENERATOR_VERSION}"
     assert world_path(worlds, "market", 0, occlusion=2.0) != world_path(worlds, "market", 0)
     with pytest.raises(ValueError, match="Unknown knobs"):
         world_path(worlds, "market", 0, occlussion=2.0)
@@ -356,7 +357,8 @@ def test_nuisance_knob_changes_only_its_images():
 # that is meant to alter them must bump GENERATOR_VERSION and update these digests.
 PINNED_WORLDS = {
     "market": ("9bca32b95b30901dd558250a3406d33a2c0efa01", "1d29e765e47c381ecc844393ffaccf798d7ac9a3"),
-    "market-b": ("5edecd7b9a4c7e499e0a502b90d72b497d5baf87", "8775804f2dfbec25b1c1981d937e9a7afe7df6c0"),
+    # generator version 2: market-b's default domain_gap became 0.6 (calibrate_domain_gap.py)
+    "market-b": ("5f8099b57f32428d294b57be9895ab25ecffc324", "621ae2bdc13f0dfe497de0af508f48336ebaf5c7"),
     "sysu": ("db24b32d734e0422dd9681688c660fb11adec532", "bbe66514a449ebada59a6b626ec2e0e13aac282f"),
     "regdb": ("48cf3446b1153e3179519c0582ce11e6b472b6b7", "6f5fcdb5375e2bd9c735a31e66aa578e4a6d1b29"),
 }
@@ -409,8 +411,10 @@ def test_blended_styles_interpolate_every_ingredient():
 
 
 def test_domain_gap_knob_is_a_market_b_knob(worlds):
-    assert world_path(worlds, "market-b", 0, domain_gap=1.0) == world_path(worlds, "market-b", 0)
-    assert world_path(worlds, "market-b", 0, domain_gap=0.5).name.startswith("market-b-s0-v1-k")
+    default = world_path(worlds, "market-b", 0)
+    assert world_path(worlds, "market-b", 0, domain_gap=DEFAULT_DOMAIN_GAP) == default
+    changed = world_path(worlds, "market-b", 0, domain_gap=0.5)
+    assert changed.name.startswith(f"market-b-s0-v{GENERATOR_VERSION}-k")
     with pytest.raises(ValueError, match="domain_gap.*does not apply to preset 'market'"):
         world_path(worlds, "market", 0, domain_gap=0.5)
     with pytest.raises(ValueError, match="domain_gap must be in"):

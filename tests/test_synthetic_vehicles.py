@@ -25,6 +25,7 @@ from reidbook.data.synthetic import (
     sample_vehicles,
     world_path,
 )
+from reidbook.data.synthetic.presets import GENERATOR_VERSION
 from reidbook.data.synthetic.render import NEUTRAL_BG
 from reidbook.data.synthetic.vehicle_render import OUT
 from reidbook.evaluation import evaluate_rank
@@ -96,7 +97,7 @@ def test_same_seed_same_bytes_whatever_the_workers(small_veri, small_vehicleid, 
 
 def test_presets_map_to_their_readers_and_knobs_stay_with_their_presets(worlds):
     assert PRESET_READERS["veri"] == "veri776" and PRESET_READERS["vehicleid"] == "vehicleid"
-    assert world_path(worlds, "veri", 0).name == "veri-s0-v1"
+    assert world_path(worlds, "veri", 0).name == f"veri-s0-v{GENERATOR_VERSION}"
     assert world_path(worlds, "veri", 0, num_cameras=12) != world_path(worlds, "veri", 0)
     with pytest.raises(ValueError, match="test_sizes.*does not apply to preset 'veri'"):
         world_path(worlds, "veri", 0, test_sizes=(1, 2, 3))

@@ -314,13 +314,14 @@ class Evaluator:
 
     def split(self, model: nn.Module, dataset: ReIDDataset, *, height: int, width: int,
               feed: Feed = feed_images, device: str | torch.device = "auto", num_workers: int = 0,
-              progress: bool = False) -> TestSplit:
-        """Test features of ``dataset``'s query and gallery images at the model's input size."""
+              progress: bool = False, channels_last: bool | str = "auto") -> TestSplit:
+        """Test features of ``dataset``'s query and gallery images at the model's input size
+        (``channels_last``: see :func:`~reidbook.engine.extract_features`)."""
         torch_device = resolve_device(device)
         loaders = [build_test_loader(records, height=height, width=width, num_workers=num_workers)
                    for records in (dataset.query, dataset.gallery)]
         features = [extract_features(model, loader, feed=feed, flip=self.measure.flip, device=torch_device,
-                                     progress=progress)[0] for loader in loaders]
+                                     progress=progress, channels_last=channels_last)[0] for loader in loaders]
         return TestSplit(model, self.measure, torch_device, dataset.query, dataset.gallery, *features)
 
     def evaluate_split(self, split: TestSplit, dataset: ReIDDataset,
@@ -343,10 +344,11 @@ class Evaluator:
 
     def evaluate(self, model: nn.Module, dataset: ReIDDataset, *, height: int, width: int,
                  feed: Feed = feed_images, post: Sequence[PostStep] = (), device: str | torch.device = "auto",
-                 num_workers: int = 0, progress: bool = False) -> Evaluation:
+                 num_workers: int = 0, progress: bool = False,
+                 channels_last: bool | str = "auto") -> Evaluation:
         """Features of ``dataset``'s test split -> distances -> ``post`` -> the protocol's metrics."""
         split = self.split(model, dataset, height=height, width=width, feed=feed, device=device,
-                           num_workers=num_workers, progress=progress)
+                           num_workers=num_workers, progress=progress, channels_last=channels_last)
         return self.evaluate_split(split, dataset, post)
 
 

@@ -7,7 +7,7 @@ deterministic from a seed, a few seconds on 2 cores) in the on-disk format of a 
     from reidbook.data import load_dataset
     from reidbook.data.synthetic import generate_world
 
-    path = generate_world("data", preset="market", seed=0)          # data/synthetic/market-s0-v1
+    path = generate_world("data", preset="market", seed=0)          # data/synthetic/market-s0-v2
     dataset = load_dataset("market1501", path)
 
 Presets (each read by the real reader named in :data:`PRESET_READERS`): ``market`` (default) and
@@ -17,7 +17,8 @@ cameras at crossings, all views) and ``vehicleid`` (VehicleID: mostly fronts and
 80/160/240 vehicles under VehicleID's names ``test_list_800/1600/2400``, scaled by ``test_sizes``).
 Knobs (see :class:`WorldSpec`): world size (``world_size="small"`` or explicit counts), timeline, every
 nuisance strength (``occlusion=2.0``, ``nuisances=Nuisances.off()``, ...), and for ``market-b`` the
-``domain_gap`` (0: the market style ... 1: the full second style; :func:`domain_gap_proxy` measures it)::
+``domain_gap`` (0: the market style ... 1: the full second style; default :data:`DEFAULT_DOMAIN_GAP`;
+:func:`domain_gap_proxy` measures it)::
 
     load_dataset("veri776", generate_world("data", preset="veri"))
     load_dataset("vehicleid", generate_world("data", preset="vehicleid"), test_size=1600)
@@ -53,6 +54,7 @@ from .identities import (
     sample_identity,
 )
 from .presets import (
+    DEFAULT_DOMAIN_GAP,
     GENERATOR_VERSION,
     PRESET_KNOBS,
     PRESET_READERS,
@@ -91,6 +93,7 @@ __all__ = [
     "BODY_TYPES",
     "CUE_FIELDS",
     "FPS",
+    "DEFAULT_DOMAIN_GAP",
     "GENERATOR_VERSION",
     "MANIFEST",
     "PRESETS",
