@@ -11,6 +11,7 @@ numpy arrays, image tensors (ImageNet-normalised float or uint8), file paths or 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 
 from .data.readers.images import read_image
 from .data.records import Record
+from .data.synthetic import Identity, Nuisances, Rendered, render_person, sample_identity
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .report import spread as spread_of
 
@@ -961,6 +963,23 @@ def plot_bar_compare(
 
 
 # ------------------------------------------------------------------------------ helpers shared by chapters
+def plain_render(person: Identity, seed: int, **shot: float | str) -> Rendered:
+    """A frontal picture of ``person`` on a cluttered background with every other nuisance off (``shot``:
+    :func:`~reidbook.data.synthetic.render_person`'s pose, scale and box arguments)."""
+    nuisances = dataclasses.replace(Nuisances.off(), clutter=1.0)
+    return render_person(person, nuisances=nuisances, seed=seed, view="front", **shot)
+
+
+def person_showing(seed: int, parts: Sequence[str], tries: int = 500) -> Identity:
+    """The first identity of the world's generator (seeded) whose :func:`plain_render` shows all ``parts``."""
+    rng = np.random.default_rng(seed)
+    for pid in range(tries):
+        person = sample_identity(pid, rng)
+        if set(parts) <= set(plain_render(person, seed).parts):
+            return person
+    raise RuntimeError(f"no identity among {tries} draws shows every one of {list(parts)}")
+
+
 def test_images(records: Sequence[Record], indices: Sequence[int], height: int, width: int) -> Tensor:
     """The test-time inputs (resized, ImageNet-normalised) of ``records[i]`` for ``i`` in ``indices``,
     stacked as (N, 3, height, width)."""

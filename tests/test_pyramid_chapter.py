@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from reidbook import methods
+from reidbook import methods, viz
 from reidbook.data import ReIDDataset
 from reidbook.data.records import Record
 from reidbook.data.sampler import SwitchingBatchSampler
@@ -130,10 +130,10 @@ def test_stripe_of_matches_a_naive_partition():
 
 
 def test_stripes_table_reads_the_rendered_parts():
-    person = figures.person_with_parts(0)
+    person = viz.person_showing(0, figures.PARTS)
     boxes = {"aligned": {}, "cut": {"cut_bottom": 0.45}}
     fig, table = figures.plot_stripes_under_misalignment(person, 0, boxes)
-    aligned = figures.plain_render(person, 0)
+    aligned = viz.plain_render(person, 0)
     for part in figures.PARTS:
         assert table.loc[part, "aligned"] == 1 + min(int(aligned.parts[part][1] / 128 * 6), 5)
     assert table.loc["shoes", "cut"] == "-"  # cut out of the box

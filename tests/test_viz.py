@@ -522,3 +522,13 @@ def test_plot_bar_compare_means_and_error_bars():
     low, high = ax.collections[0].get_segments()[0][:, 1]  # the first bar's error bar
     assert (low, high) == pytest.approx((50.0, 60.0))
     assert [t.get_text() for t in ax.get_xticklabels()] == ["baseline", "ianet"]
+
+
+def test_person_showing_finds_a_plain_picture_with_every_part_and_names_what_it_cannot_find():
+    parts = ("head", "torso", "bag", "legs", "shoes")
+    person = viz.person_showing(0, parts)
+    shot = viz.plain_render(person, 0)
+    assert set(parts) <= set(shot.parts)
+    assert viz.person_showing(0, parts).pid == person.pid  # seeded: the same identity again
+    with pytest.raises(RuntimeError, match="no identity among 3 draws shows every one of"):
+        viz.person_showing(0, ("wings",), tries=3)

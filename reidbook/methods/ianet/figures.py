@@ -4,7 +4,6 @@ after CIA (Fig. 8, right), the sanity check of fresh blocks, and the memory that
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -15,27 +14,11 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ... import viz
-from ...data.synthetic import Identity, Nuisances, Rendered, render_person, sample_identity
+from ...data.synthetic import Identity, Rendered
 from ...data.transforms import build_transforms
 from ...models.ianet import IANet, relation_memory, relation_of_point, single_context_appearance_relation
 
 PARTS = ("head", "torso", "bag", "legs", "shoes")
-
-
-def plain_render(person: Identity, seed: int, **shot: float | str) -> Rendered:
-    """A frontal picture on a cluttered background with every other nuisance off."""
-    nuisances = dataclasses.replace(Nuisances.off(), clutter=1.0)
-    return render_person(person, nuisances=nuisances, seed=seed, view="front", **shot)
-
-
-def person_with_every_part(seed: int, parts: Sequence[str] = PARTS, tries: int = 500) -> Identity:
-    """The first identity of the world's generator (seeded) whose plain rendering shows all ``parts``."""
-    rng = np.random.default_rng(seed)
-    for pid in range(tries):
-        person = sample_identity(pid, rng)
-        if set(parts) <= set(plain_render(person, seed).parts):
-            return person
-    raise RuntimeError(f"no identity among {tries} draws shows every one of {list(parts)}")
 
 
 def as_input(rendered: Rendered, height: int, width: int) -> Tensor:
@@ -54,8 +37,8 @@ def to_cell(point: tuple[float, float], picture: np.ndarray, height: int, width:
 def pose_and_scale_figure(person: Identity, seed: int) -> Figure:
     """One identity under four gait phases and four scales, everything else fixed."""
     phases, scales = (0.0, 1.2, 2.4, 3.6), (0.6, 0.75, 0.95, 1.15)
-    pictures = ([plain_render(person, seed, phase=p, swing=0.75).image for p in phases]
-                + [plain_render(person, seed, scale=s).image for s in scales])
+    pictures = ([viz.plain_render(person, seed, phase=p, swing=0.75).image for p in phases]
+                + [viz.plain_render(person, seed, scale=s).image for s in scales])
     fig = viz.image_grid(pictures, ncols=8, height=2.0,
                          titles=[f"phase {p}" for p in phases] + [f"scale {s}" for s in scales])
     fig.suptitle(f"identity {person.pid}: pose (left) and scale (right) variation", y=1.04)

@@ -6,7 +6,6 @@ cost table."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -23,7 +22,7 @@ from torch import Tensor, nn
 from ... import experiment, viz
 from ...data import ReIDDataset
 from ...data.sampler import IdentityBalancedBatches, RandomBatches, SwitchingBatchSampler
-from ...data.synthetic import MANIFEST, Identity, Nuisances, Rendered, render_person, sample_identity
+from ...data.synthetic import MANIFEST, Identity, Rendered
 from ...data.transforms import build_transforms
 from ...evaluation.ranking import evaluate_rank
 from ...models.pyramid import (
@@ -55,22 +54,6 @@ STREAM_COLORS = {RANDOM_STREAM: "tab:blue", BALANCED_STREAM: "tab:orange"}
 
 
 # ------------------------------------------------------------------------------------- the problem
-def plain_render(person: Identity, seed: int, **shot: float | str) -> Rendered:
-    """A frontal, standing picture on a cluttered background with every other nuisance off."""
-    nuisances = dataclasses.replace(Nuisances.off(), clutter=1.0)
-    return render_person(person, nuisances=nuisances, seed=seed, view="front", **shot)
-
-
-def person_with_parts(seed: int, parts: Sequence[str] = PARTS, tries: int = 500) -> Identity:
-    """The first identity of the world's generator (seeded) whose plain picture shows all ``parts``."""
-    rng = np.random.default_rng(seed)
-    for pid in range(tries):
-        person = sample_identity(pid, rng)
-        if set(parts) <= set(plain_render(person, seed).parts):
-            return person
-    raise RuntimeError(f"no identity among {tries} draws shows every one of {list(parts)}")
-
-
 def stripe_of(y: float, height: float, num_parts: int = 6) -> int:
     """The 1-based horizontal stripe (of ``num_parts`` equal ones) holding image row ``y``."""
     if not 0 <= y < height:
@@ -83,7 +66,7 @@ def plot_stripes_under_misalignment(person: Identity, seed: int,
                                     num_parts: int = 6) -> tuple[Figure, pd.DataFrame]:
     """One person in each box of ``boxes`` with the ``num_parts`` fixed stripes drawn over it and the body
     parts marked; and the stripe holding each part per box ("-": cut out of the box)."""
-    shots = {name: plain_render(person, seed, **dict(box)) for name, box in boxes.items()}
+    shots = {name: viz.plain_render(person, seed, **dict(box)) for name, box in boxes.items()}
     fig, axes = plt.subplots(1, len(shots), figsize=(1.45 * len(shots), 3.4), layout="constrained",
                              squeeze=False)
     colors = dict(zip(PARTS, ("tab:red", "tab:green", "tab:blue", "tab:purple")))
