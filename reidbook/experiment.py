@@ -218,6 +218,18 @@ def _remember(cache: OrderedDict, key: str, value: Any) -> Any:
     return value
 
 
+def _stored_profile(run: Run) -> Profile:
+    """The profile ``run`` was trained with, without its start (the weights come from the run itself)."""
+    return Profile.from_dict({**run.config["profile"], "init": "random", "pretrain": {}})
+
+
+def _test_inputs(recipe: Recipe, profile: Profile) -> dict[str, Any]:
+    """How ``recipe``'s model reads test images under ``profile``: the keyword arguments of
+    :meth:`Evaluator.split` and :meth:`Evaluator.evaluate` that the two decide."""
+    return {"height": profile.height, "width": profile.width, "feed": recipe.feed,
+            "num_workers": profile.num_workers, "channels_last": profile.channels_last}
+
+
 def load_model(run: Run) -> nn.Module:
     """The trained model of ``run``, rebuilt from its recipe and config, in eval mode on the CPU."""
     if run.dir.as_posix() in _MODELS:
@@ -225,7 +237,7 @@ def load_model(run: Run) -> nn.Module:
     if not run.complete:
         raise FileNotFoundError(f"run {run.name}/{run.key} is not complete: train it first")
     recipe = get_recipe(run.config["method"])
-    profile = Profile.from_dict({**run.config["profile"], "init": "random", "pretrain": {}})
+    profile = _stored_profile(run)
     backbone = _backbone(recipe, profile, None)
     model = recipe.build_model(backbone, run.config["data"]["num_train_pids"], profile, run.config["options"])
     return _remember(_MODELS, run.dir.as_posix(), run.load_model(model).eval())
@@ -267,9 +279,7 @@ def train(method: str, dataset: ReIDDataset, profile: Profile | str, seed: int |
     device = resolve_device(profile.device)
 
     def judge(model: nn.Module) -> dict[str, Any]:
-        return evaluator.evaluate(model, dataset, height=profile.height, width=profile.width,
-                                  feed=recipe.feed, device=device, num_workers=profile.num_workers,
-                                  channels_last=profile.channels_last).metrics
+        return evaluator.evaluate(model, dataset, device=device, **_test_inputs(recipe, profile)).metrics
 
     def train_fn(run: Run) -> dict[str, Any]:
         num_classes = dataset.num_train_pids
@@ -304,9 +314,7 @@ def train(method: str, dataset: ReIDDataset, profile: Profile | str, seed: int |
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "world_size": world_size(), "sync_batchnorm": sync_batchnorm and world_size() > 1,
             })
-        result = evaluator.evaluate(model.eval(), dataset, height=profile.height, width=profile.width,
-                                    feed=recipe.feed, device=device, num_workers=profile.num_workers,
-                                    channels_last=profile.channels_last)
+        result = evaluator.evaluate(model.eval(), dataset, device=device, **_test_inputs(recipe, profile))
         if writer:
             _store_evaluation(run, dataset, result, keep_distances=False)
         _remember(_MODELS, run.dir.as_posix(), model.cpu())
@@ -359,10 +367,9 @@ def _split(run: Run, dataset: ReIDDataset, evaluator: Evaluator, progress: bool 
     if key in _SPLITS:
         return _SPLITS[key]
     recipe = get_recipe(run.config["method"])
-    profile = Profile.from_dict({**run.config["profile"], "init": "random", "pretrain": {}})
-    return _remember(_SPLITS, key, evaluator.split(
-        load_model(run), dataset, height=profile.height, width=profile.width, feed=recipe.feed, device="auto",
-        num_workers=profile.num_workers, progress=progress, channels_last=profile.channels_last))
+    profile = _stored_profile(run)
+    return _remember(_SPLITS, key, evaluator.split(load_model(run), dataset, device="auto", progress=progress,
+                                                   **_test_inputs(recipe, profile)))
 
 
 def hook_states(run: Run) -> list[Any]:
@@ -429,11 +436,9 @@ def pair_throughput(run: Run, dataset: ReIDDataset, queries: int = 64, gallery: 
     gallery images (feature extraction not counted)."""
     recipe = get_recipe(run.config["method"])
     evaluator = recipe.evaluator_for(run.config["options"])
-    profile = Profile.from_dict({**run.config["profile"], "init": "random", "pretrain": {}})
+    profile = _stored_profile(run)
     sample = ReIDDataset(dataset.name, dataset.root, [], dataset.query[:queries], dataset.gallery[:gallery])
-    split = evaluator.split(load_model(run), sample, height=profile.height, width=profile.width,
-                            feed=recipe.feed, num_workers=profile.num_workers,
-                            channels_last=profile.channels_last)
+    split = evaluator.split(load_model(run), sample, **_test_inputs(recipe, profile))
     start = time.perf_counter()
     split.distances(split.query_feats, split.gallery_feats)
     return len(sample.query) * len(sample.gallery) / (time.perf_counter() - start)
