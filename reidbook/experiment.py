@@ -16,6 +16,7 @@ JupyterLab; a rendered chapter keeps the summary).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import OrderedDict
@@ -223,6 +224,19 @@ def _stored_profile(run: Run) -> Profile:
     return Profile.from_dict({**run.config["profile"], "init": "random", "pretrain": {}})
 
 
+def run_evaluator(run: Run) -> Evaluator:
+    """The evaluator ``run`` is judged with: its recipe's, without flip averaging where its profile says
+    ``test_flip=False``."""
+    return _evaluator(get_recipe(run.config["method"]), run.config["options"], _stored_profile(run))
+
+
+def _evaluator(recipe: Recipe, options: Mapping[str, Any], profile: Profile) -> Evaluator:
+    evaluator = recipe.evaluator_for(options)
+    if profile.test_flip or not evaluator.measure.flip:
+        return evaluator
+    return dataclasses.replace(evaluator, measure=dataclasses.replace(evaluator.measure, flip=False))
+
+
 def _test_inputs(recipe: Recipe, profile: Profile) -> dict[str, Any]:
     """How ``recipe``'s model reads test images under ``profile``: the keyword arguments of
     :meth:`Evaluator.split` and :meth:`Evaluator.evaluate` that the two decide."""
@@ -275,7 +289,7 @@ def train(method: str, dataset: ReIDDataset, profile: Profile | str, seed: int |
         print(_summary(existing, "reused from the results store"), flush=True)
         return existing
     recipe, profile = plan.recipe, plan.profile
-    evaluator = recipe.evaluator_for(plan.options)
+    evaluator = _evaluator(recipe, plan.options, profile)
     device = resolve_device(profile.device)
 
     def judge(model: nn.Module) -> dict[str, Any]:
@@ -340,13 +354,12 @@ def _store_evaluation(run: Run, dataset: ReIDDataset, result: Evaluation, keep_d
 def evaluate(run: Run, dataset: ReIDDataset, evaluator: Evaluator | None = None,
              post: Sequence[PostStep] = (), *, keep_distances: bool = False,
              progress: bool = False) -> Evaluation:
-    """Evaluate the trained model of ``run`` on ``dataset``'s test split (default evaluator: the recipe's),
+    """Evaluate the trained model of ``run`` on ``dataset``'s test split (default: :func:`run_evaluator`),
     after the post-processing steps ``post``; stored under the run, keyed by evaluator, data and
     post-processing, and reused when asked again. ``keep_distances`` also stores (and returns) the final
     distance matrix, for figures. Within one process, test features and distance matrices are kept for the
     last few (run, dataset, measure) combinations, so post-processing variants share them."""
-    recipe = get_recipe(run.config["method"])
-    evaluator = evaluator or recipe.evaluator_for(run.config["options"])
+    evaluator = evaluator or run_evaluator(run)
     description = _evaluation_description(run, dataset, evaluator, post)
     key = evaluation_key(description)
     stored = run.load_evaluation(key, distances=keep_distances)
@@ -383,8 +396,7 @@ def features(run: Run, dataset: ReIDDataset, evaluator: Evaluator | None = None)
     """The :class:`~reidbook.evaluation.evaluators.TestSplit` of ``run`` on ``dataset``: its model, its
     query and gallery features (``query_feats``, ``gallery_feats``) and its distances
     (``role_distances("query", "gallery")``), for figures that need more than the metrics."""
-    recipe = get_recipe(run.config["method"])
-    return _split(run, dataset, evaluator or recipe.evaluator_for(run.config["options"]))
+    return _split(run, dataset, evaluator or run_evaluator(run))
 
 
 def evaluation_frame(runs: Mapping[str, Sequence[Run]], datasets: Mapping[str, ReIDDataset],
@@ -435,7 +447,7 @@ def pair_throughput(run: Run, dataset: ReIDDataset, queries: int = 64, gallery: 
     distances) on this machine: the first ``queries`` queries of ``dataset`` against its first ``gallery``
     gallery images (feature extraction not counted)."""
     recipe = get_recipe(run.config["method"])
-    evaluator = recipe.evaluator_for(run.config["options"])
+    evaluator = run_evaluator(run)
     profile = _stored_profile(run)
     sample = ReIDDataset(dataset.name, dataset.root, [], dataset.query[:queries], dataset.gallery[:gallery])
     split = evaluator.split(load_model(run), sample, **_test_inputs(recipe, profile))

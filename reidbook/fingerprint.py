@@ -33,7 +33,8 @@ from pathlib import Path
 PACKAGE = "reidbook"
 #: Modules (and packages, with everything under them) that cannot change a run's numbers.
 PRESENTATION = (
-    "reidbook.viz", "reidbook.report", "reidbook.paper_numbers", "reidbook.book", "reidbook.progress"
+    "reidbook.viz", "reidbook.report", "reidbook.paper_numbers", "reidbook.book", "reidbook.progress",
+    "reidbook.budgets",
 )
 
 

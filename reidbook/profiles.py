@@ -25,10 +25,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .budgets import CPU_BUDGETS, SMOKE_BUDGETS
+
 PROFILE_ENV_VAR = "REIDBOOK_PROFILE"
 #: Test split of the stress worlds (trained models evaluated as a nuisance grows): only the test images are
 #: used, so two training identities suffice.
-STRESS_TEST_WORLD = {"num_train_ids": 2, "num_test_ids": 100, "num_distractors": 60, "num_junk": 0}
+STRESS_TEST_WORLD = {"num_train_ids": 2, "num_test_ids": 60, "num_distractors": 40, "num_junk": 0}
 DEFAULT_PROFILE = "cpu"
 
 
@@ -46,6 +48,8 @@ class Profile:
     first one is used for single runs); ``max_steps_per_epoch`` caps an epoch (``None`` = the whole
     sampler). ``stress_world`` holds the knobs of the stress curves' test worlds. ``amp`` (bf16 autocast
     on a CPU, fp16 on CUDA) and ``channels_last`` take True, False or ``"auto"`` (on with CUDA).
+    ``test_flip=False`` skips the flip averaging of test features that a method's evaluator asks for
+    (it halves the test images' forward passes; a few tenths of a point of mAP).
     ``budgets`` gives each chapter's time budget in seconds, by file name.
     """
 
@@ -73,6 +77,7 @@ class Profile:
     device: str = "auto"
     amp: bool | str = "auto"
     channels_last: bool | str = "auto"
+    test_flip: bool = True
     pretrain: dict[str, Any] = field(default_factory=dict)
     stress_world: dict[str, Any] = field(default_factory=lambda: dict(STRESS_TEST_WORLD))
     budgets: dict[str, float] = field(default_factory=dict)
@@ -147,27 +152,6 @@ def _check_field_names(names: Mapping[str, Any]) -> None:
         raise ValueError(f"unknown profile field(s) {unknown}; valid fields are: {', '.join(valid)}")
 
 
-# The book's hour on 2 cores (seconds per chapter; `make book` prints each chapter's time against them).
-# Planned on an idle machine of this kind where the baseline trained at about 110 img/s (ResNet-18, last
-# stride 1, 64x32, batches of 64, channels_last): a fine-tuning run (2 x 35 steps) about 40 s, its
-# flip-averaged evaluation on the default world about 20 s, the pretraining (6 epochs of the 300-identity
-# pretraining world) about 5 minutes, once; chapter 0 renders every world the book uses, chapter 1 pays
-# the pretraining. Measured from a fresh clone: on 2026-11-30 chapters 0-4 took 92, 714, 297, 532 and 526 s;
-# on 2026-12-01, on a day when runs trained at 64-85 img/s, the eight took 118, 905, 460, 922, 1005, 734,
-# 1318 and 650 s (102 minutes): runs and evaluations alone exceed the hour there, so the cuts that would
-# fit it (fewer single-seed rows, smaller test worlds for the stress curves and the fingerprint, the
-# pairwise re-ranking of chapter 6 on a subset) are still to be made.
-CPU_BUDGETS = {
-    "00_world_and_protocol": 120,
-    "01_baseline": 720,
-    "02_ianet": 420,
-    "03_pyramid": 540,
-    "04_ipad": 540,
-    "05_ddag": 420,
-    "06_qaconv_tlift": 480,
-    "07_comparison": 360,
-}
-
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
@@ -182,7 +166,7 @@ PROFILES: dict[str, Profile] = {
         max_steps_per_epoch=4,
         world={"world_size": "small"},
         stress_world={"num_train_ids": 2, "num_test_ids": 12, "num_distractors": 10, "num_junk": 0},
-        budgets={chapter: 90 for chapter in CPU_BUDGETS},  # every chapter within 90 s
+        budgets=SMOKE_BUDGETS,
         seeds=(0,),
     ),
     # The published book on 2 cores (see benchmarks/bench_training.py and bench_fair_start.py for the
@@ -204,6 +188,7 @@ PROFILES: dict[str, Profile] = {
         world={},
         seeds=(0, 1),
         channels_last=True,
+        test_flip=False,
         pretrain={
             "method": "baseline",
             "dataset": "synthetic-market",

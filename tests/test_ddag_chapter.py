@@ -167,7 +167,8 @@ def test_table3_rows_follow_the_batch():
 
 def fake_run(method: str, seed: int, metrics: dict, **options) -> SimpleNamespace:
     resolved = methods.get(method).resolve_options(options)
-    return SimpleNamespace(config={"method": method, "options": resolved, "seed": seed},
+    return SimpleNamespace(config={"method": method, "options": resolved, "seed": seed,
+                                   "profile": get_profile("cpu").to_dict()},
                            load_metrics=lambda: metrics)
 
 
@@ -291,6 +292,7 @@ def test_sysu_metrics_use_the_runs_own_measure(monkeypatch):
     run = fake_run("two-stream", 0, {})
     assert figures.sysu_metrics("data", "indoor", 10)(run) == {"mAP": 0.5}
     assert seen[0].protocol == SYSU(mode="indoor", shots=10) and seen[0].measure.metric == "cosine"
+    assert seen[0].measure.flip is False  # the cpu profile's test_flip
 
 
 def test_noise_frame_reads_each_runs_own_metrics():

@@ -393,3 +393,17 @@ def test_a_trained_start_gets_the_recipes_backbone_learning_rate(tiny_world, tmp
     assert groups["backbone"]["lr"] == pytest.approx(0.1 * 0.01) and groups["default"]["lr"] == 0.01
     backbone = {id(p) for p in seen["model"].backbone.parameters()}
     assert {id(p) for p in groups["backbone"]["params"]} == backbone
+
+
+def test_test_flip_off_judges_a_run_without_mirror_images(trained, tiny_world, tmp_path):
+    _, run, _ = trained
+    assert experiment.run_evaluator(run) == methods.get("baseline").evaluator_for({})  # flip-averaged
+    unflipped = train("baseline", tiny_world, PROFILE.replace(test_flip=False), store=ResultsStore(tmp_path),
+                      progress=False)
+    assert unflipped.key != run.key
+    evaluator = experiment.run_evaluator(unflipped)
+    assert evaluator == Evaluator(Embedding("euclidean", flip=False))
+    by_hand = evaluator.evaluate(load_model(unflipped), tiny_world, height=PROFILE.height,
+                                 width=PROFILE.width)
+    assert unflipped.load_metrics()["mAP"] == pytest.approx(by_hand.metrics["mAP"])
+    assert evaluate(unflipped, tiny_world).description["measure"]["flip"] is False

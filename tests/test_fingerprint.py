@@ -58,6 +58,7 @@ STEPS = [
     ("viz", {"viz.py": COMMENT}),
     ("report", {"report.py": COMMENT}),
     ("paper_numbers", {"paper_numbers.py": COMMENT}),
+    ("budgets", {"budgets.py": COMMENT}),
     ("newpaper", {"models/newpaper.py": NEW_MODEL, "methods/newpaper.py": NEW_RECIPE, "probe.py": PROBE}),
     ("ianet", {"models/ianet.py": COMMENT}),
     ("models/baseline", {"models/baseline.py": COMMENT}),
@@ -123,7 +124,7 @@ def test_the_copy_gives_the_real_packages_fingerprints_before_any_edit(edited_co
     assert start["baseline"] != start["ianet"]
 
 
-@pytest.mark.parametrize("step", ["viz", "report", "paper_numbers"])
+@pytest.mark.parametrize("step", ["viz", "report", "paper_numbers", "budgets"])
 def test_editing_presentation_code_changes_no_run(edited_copy, step):
     before, after = fingerprints_around(edited_copy, step)
     assert after == before

@@ -32,7 +32,6 @@ from ...models.ddag import (
 )
 from ...report import mean_spread
 from ...results import Run
-from ..registry import get as get_recipe
 
 SYSU_SETTINGS = (("all", 1), ("all", 10), ("indoor", 1), ("indoor", 10))
 ONE_HOT = 0.99  # a part-attention column whose largest weight exceeds this is called one-hot
@@ -352,7 +351,7 @@ def sysu_metrics(dataset: ReIDDataset, mode: str, shots: int) -> Callable[[Run],
     """``run -> metrics`` of a run on ``dataset`` under SYSU-MM01's ``mode`` and ``shots``, with the run's
     own measure (a stored evaluation, reused)."""
     def metrics(run: Run) -> dict:
-        measure = get_recipe(run.config["method"]).evaluator_for(run.config["options"]).measure
+        measure = experiment.run_evaluator(run).measure
         return experiment.evaluate(run, dataset, Evaluator(measure, SYSU(mode=mode, shots=shots))).metrics
 
     return metrics
